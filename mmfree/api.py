@@ -1,0 +1,127 @@
+"""`mmfree.load(path)`: a run directory or a Hugging Face checkpoint → a model to query."""
+
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mmfree.data.tokenizers import Tokenizer, load_tokenizer
+from mmfree.models import MMfreeLM, ModelConfig
+from mmfree.models import hf
+from mmfree.sample import check_sampling, sample
+from mmfree.train import checkpoint
+
+
+class LanguageModel:
+  """A loaded model for inference. Weights are quantized once here, not on every step."""
+
+  def __init__(self, model: MMfreeLM, tokenizer: Tokenizer | None = None, source: str = ""):
+    if model.config.precision != "float":
+      model.freeze()
+    self.config: ModelConfig = model.config
+    self.tokenizer = tokenizer
+    self.source = source
+    graphdef, self._state = nnx.split(model)
+
+    def forward(state, tokens_BxT, h_LxBxD):
+      return nnx.merge(graphdef, state)(tokens_BxT, h_LxBxD)
+
+    self._forward = jax.jit(forward)
+    self._init_state = nnx.merge(graphdef, self._state).init_state
+
+  def logits(self, tokens_BxT) -> np.ndarray:
+    """Float32 logits [B, T, V] of a batch of token ids (parallel scan over time)."""
+    tokens_BxT = self._check_tokens(tokens_BxT, "tokens_BxT")
+    logits_BxTxV, _ = self._forward(self._state, tokens_BxT, self._init_state(len(tokens_BxT)))
+    return np.asarray(logits_BxTxV, np.float32)
+
+  def stream(
+    self,
+    prompt_tokens,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+  ) -> Iterator[np.ndarray]:
+    """Yields the next token of every row [B], one step at a time (O(1) state per layer)."""
+    check_sampling(temperature, top_k, top_p)
+    tokens_BxT = self._check_tokens(prompt_tokens, "prompt_tokens")
+    pick = jax.jit(partial(sample, temperature=temperature, top_k=top_k, top_p=top_p))
+    key = jax.random.key(seed)
+    logits_BxTxV, h_LxBxD = self._forward(
+      self._state, tokens_BxT, self._init_state(len(tokens_BxT))
+    )
+    logits_BxV = logits_BxTxV[:, -1]
+    for i in range(max_new_tokens):
+      next_B = pick(logits_BxV, jax.random.fold_in(key, i))
+      yield np.asarray(next_B)
+      if i + 1 < max_new_tokens:
+        logits_Bx1xV, h_LxBxD = self._forward(self._state, next_B[:, None], h_LxBxD)
+        logits_BxV = logits_Bx1xV[:, 0]
+
+  def generate(
+    self,
+    prompt_tokens,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+    stop_at_eos: bool = True,
+    on_token: Callable[[np.ndarray], None] | None = None,
+  ) -> np.ndarray:
+    """New tokens [B, N] (or [N] for a 1-D prompt); greedy when temperature is 0.
+
+    With `stop_at_eos`, generation ends once every row has produced `eos_token_id`; later
+    positions of rows that ended earlier are filled with eos.
+    """
+    eos = self.config.eos_token_id if stop_at_eos else None
+    out, done = [], None
+    for next_B in self.stream(prompt_tokens, max_new_tokens, temperature, top_k, top_p, seed):
+      if done is not None:
+        next_B = np.where(done, eos, next_B)
+      if on_token is not None:
+        on_token(next_B)
+      out.append(next_B)
+      if eos is not None:
+        done = (next_B == eos) if done is None else done | (next_B == eos)
+        if done.all():
+          break
+    batch = len(self._check_tokens(prompt_tokens, "prompt_tokens"))
+    new_BxN = np.stack(out, axis=1) if out else np.zeros((batch, 0), np.int32)
+    return new_BxN[0] if np.ndim(prompt_tokens) == 1 else new_BxN
+
+  def _check_tokens(self, tokens, name: str) -> jnp.ndarray:
+    arr = np.asarray(tokens)
+    if arr.ndim == 1:
+      arr = arr[None]
+    if arr.ndim != 2 or arr.shape[1] == 0 or not np.issubdtype(arr.dtype, np.integer):
+      raise ValueError(
+        f"{name}: expected integer token ids of shape [T] or [B, T], got {arr.shape}"
+      )
+    if arr.min() < 0 or arr.max() >= self.config.vocab_size:
+      raise ValueError(
+        f"{name}: ids must lie in [0, {self.config.vocab_size}), got [{arr.min()}, {arr.max()}]"
+      )
+    return jnp.asarray(arr, jnp.int32)
+
+
+def load(path, precision: str | None = None, step: int | None = None) -> LanguageModel:
+  """Load a run directory (config.json + orbax checkpoints) or a Hugging Face checkpoint dir."""
+  path = Path(path)
+  if not path.is_dir():
+    raise FileNotFoundError(f"{path}: no such directory (expected a run or checkpoint directory)")
+  if (path / checkpoint.CHECKPOINTS).is_dir():
+    cfg = checkpoint.model_config(path)
+    params = checkpoint.restore_params(path, cfg, step)
+  else:
+    cfg, params = hf.load_hf(path)
+  if precision is not None:
+    cfg = cfg.replace(precision=precision)
+  model = checkpoint.build_model(cfg, params)
+  return LanguageModel(model, load_tokenizer(path), source=str(path))

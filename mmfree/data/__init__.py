@@ -1,0 +1,1 @@
+"""Corpora, tokenizers and the pipelines that turn them into training batches."""

@@ -1,0 +1,62 @@
+"""RMSNorm and BitLinear (ternary weights, int8 activations, each with its own input RMSNorm)."""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mmfree.quant import bitnet
+
+
+class Frozen(nnx.Variable):
+  """Inference-only state: not a Param, so optimizers and gradients never see it."""
+
+
+class RMSNorm(nnx.Module):
+  """x / sqrt(mean(x²) + eps) ⊙ w, computed in float32."""
+
+  def __init__(self, dim: int, eps: float):
+    self.weight = nnx.Param(jnp.ones((dim,), jnp.float32))
+    self.eps = eps
+
+  def __call__(self, x_BxTxD):
+    x = x_BxTxD.astype(jnp.float32)
+    ms_BxTx1 = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
+    return x * jax.lax.rsqrt(ms_BxTx1 + self.eps) * self.weight[...]
+
+
+class BitLinear(nnx.Module):
+  """y = (x_q · W_q) · β / s_x after the layer's own RMSNorm; `float` skips quantization.
+
+  The kernel is stored [in, out]. After `freeze()` it holds W_q ∈ {-1, 0, 1} and β is kept
+  beside it, so inference quantizes weights once instead of on every call.
+  """
+
+  def __init__(self, din: int, dout: int, *, eps: float, precision: str, init, rngs: nnx.Rngs):
+    self.kernel = nnx.Param(init(rngs.params(), (din, dout), jnp.float32))
+    self.norm = RMSNorm(din, eps)
+    self.precision = precision
+    self.beta: Frozen | None = None
+
+  def quantized_weight(self):
+    """(W_q, β): the ternary kernel and its scale (straight-through gradients to the kernel)."""
+    if self.beta is not None:
+      return self.kernel[...], self.beta[...]
+    return bitnet.weight_ternary(self.kernel[...])
+
+  def freeze(self):
+    """Replace the latent kernel with W_q and store β: for inference only."""
+    if self.beta is None:
+      w_q, beta = self.quantized_weight()
+      self.kernel = nnx.Param(w_q)
+      self.beta = nnx.data(Frozen(beta))
+
+  def __call__(self, x_BxTxI):
+    x_BxTxI = self.norm(x_BxTxI)
+    if self.precision == "float":
+      if self.beta is not None:
+        raise ValueError("a frozen BitLinear holds ternary weights: it cannot run at `float`")
+      return x_BxTxI @ self.kernel[...]
+    x_q, s_BxTx1 = bitnet.act_quant_int8(x_BxTxI)
+    w_q, beta = self.quantized_weight()
+    # Integer-valued operands: the float32 accumulate is exact while |sum| < 2^24.
+    return (x_q @ w_q) * (beta / s_BxTx1)

@@ -1,0 +1,99 @@
+"""GLU channel mixer, pre-norm block and the full language model."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mmfree.models.config import ModelConfig
+from mmfree.models.layers import BitLinear, RMSNorm
+from mmfree.models.mlgru import MLGRU
+
+
+class GLU(nnx.Module):
+  """[g | u] = gate(x); out = down(SiLU(g) ⊙ u)."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    H, I = cfg.hidden_size, cfg.mlp_size
+    std = cfg.initializer_range
+    kw = dict(eps=cfg.rms_norm_eps, precision=cfg.precision, rngs=rngs)
+    self.gate_proj = BitLinear(H, 2 * I, init=jax.nn.initializers.normal(std), **kw)
+    down_init = jax.nn.initializers.normal(std / math.sqrt(2 * cfg.num_hidden_layers))
+    self.down_proj = BitLinear(I, H, init=down_init, **kw)
+
+  def __call__(self, x_BxTxH):
+    g_BxTxI, u_BxTxI = jnp.split(self.gate_proj(x_BxTxH), 2, axis=-1)
+    return self.down_proj(jax.nn.silu(g_BxTxI) * u_BxTxI)
+
+
+class Block(nnx.Module):
+  """r = x + MLGRU(norm(x)); out = r + GLU(norm(r))."""
+
+  def __init__(self, cfg: ModelConfig, layer_idx: int, rngs: nnx.Rngs):
+    self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+    self.attn = MLGRU(cfg, layer_idx, rngs)
+    self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+    self.mlp = GLU(cfg, rngs)
+
+  def __call__(self, x_BxTxH, lb_D, h0_BxD):
+    a_BxTxH, h_BxD = self.attn(self.attn_norm(x_BxTxH), lb_D, h0_BxD)
+    r_BxTxH = x_BxTxH + a_BxTxH
+    return r_BxTxH + self.mlp(self.mlp_norm(r_BxTxH)), h_BxD
+
+
+def lower_bounds(lb_param_LxD):
+  """lb_l = cumsum(softmax(Λ, layers))_l − p_0: lb_0 = 0, and l/L at init."""
+  p_LxD = jax.nn.softmax(lb_param_LxD.astype(jnp.float32), axis=0)
+  return jnp.cumsum(p_LxD, axis=0) - p_LxD[0]
+
+
+class MMfreeLM(nnx.Module):
+  """HGRNBit: embedding → L blocks → RMSNorm → ternary lm_head. State: h [L, B, D], nothing else."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.config = cfg
+    H, L = cfg.hidden_size, cfg.num_hidden_layers
+    self.embeddings = nnx.Embed(
+      cfg.vocab_size, H, embedding_init=jax.nn.initializers.normal(cfg.initializer_range), rngs=rngs
+    )
+    self.lower_bounds = nnx.Param(jnp.zeros((L, cfg.inner_size), jnp.float32))
+    self.layers = nnx.List([Block(cfg, l, rngs) for l in range(L)])
+    self.norm = RMSNorm(H, cfg.rms_norm_eps)
+    self.lm_head = BitLinear(
+      H,
+      cfg.vocab_size,
+      eps=cfg.rms_norm_eps,
+      precision=cfg.precision,
+      init=jax.nn.initializers.normal(cfg.initializer_range),
+      rngs=rngs,
+    )
+
+  def init_state(self, batch_size: int):
+    cfg = self.config
+    return jnp.zeros((cfg.num_hidden_layers, batch_size, cfg.inner_size), jnp.float32)
+
+  def __call__(self, tokens_BxT, h_LxBxD=None):
+    """Logits [B, T, V] (float32) and the state after the last token."""
+    if h_LxBxD is None:
+      h_LxBxD = self.init_state(tokens_BxT.shape[0])
+    x_BxTxH = self.embeddings(tokens_BxT).astype(jnp.float32)
+    lb_LxD = lower_bounds(self.lower_bounds[...]) if self.config.use_lower_bound else None
+    hs = []
+    for l, block in enumerate(self.layers):
+      x_BxTxH, h_BxD = block(x_BxTxH, None if lb_LxD is None else lb_LxD[l], h_LxBxD[l])
+      hs.append(h_BxD)
+    return self.lm_head(self.norm(x_BxTxH)), jnp.stack(hs)
+
+  def freeze(self):
+    """Quantize every BitLinear's weights once (inference)."""
+    for _, m in nnx.iter_modules(self):
+      if isinstance(m, BitLinear):
+        m.freeze()
+
+
+def set_precision(model: nnx.Module, precision: str):
+  """Switch every quantizing module of `model` to `precision` in place."""
+  for _, m in nnx.iter_modules(model):
+    if hasattr(m, "precision"):
+      m.precision = precision

@@ -1,0 +1,73 @@
+"""MLGRU token mixer: an elementwise linear recurrence h_t = f_t ⊙ h_{t−1} + c_t."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mmfree.models.config import ModelConfig
+from mmfree.models.layers import BitLinear, RMSNorm
+
+
+def scan_associative(f_BxTxD, c_BxTxD, h0_BxD):
+  """Parallel over time: composing (f, c) pairs is associative, so depth is O(log T)."""
+  c_BxTxD = c_BxTxD.at[:, 0].add(f_BxTxD[:, 0] * h0_BxD)
+
+  def combine(left, right):
+    f_l, c_l = left
+    f_r, c_r = right
+    return f_l * f_r, f_r * c_l + c_r
+
+  _, h_BxTxD = jax.lax.associative_scan(combine, (f_BxTxD, c_BxTxD), axis=1)
+  return h_BxTxD
+
+
+def scan_sequential(f_BxTxD, c_BxTxD, h0_BxD):
+  """One step per token with `lax.scan` (the baseline the benchmark compares against)."""
+
+  def step(h_BxD, fc):
+    h_BxD = fc[0] * h_BxD + fc[1]
+    return h_BxD, h_BxD
+
+  fc = (jnp.swapaxes(f_BxTxD, 0, 1), jnp.swapaxes(c_BxTxD, 0, 1))
+  _, h_TxBxD = jax.lax.scan(step, h0_BxD, fc)
+  return jnp.swapaxes(h_TxBxD, 0, 1)
+
+
+def recurrence(f_BxTxD, c_BxTxD, h0_BxD, scan: str):
+  """All hidden states h_{0..T−1}; a single token is the O(1) recurrent step."""
+  if f_BxTxD.shape[1] == 1:
+    return (f_BxTxD[:, 0] * h0_BxD + c_BxTxD[:, 0])[:, None]
+  fn = scan_associative if scan == "associative" else scan_sequential
+  return fn(f_BxTxD, c_BxTxD, h0_BxD)
+
+
+class MLGRU(nnx.Module):
+  """f = σ(f(x)) lifted by the layer's lower bound; c = SiLU(i(x))(1−f); o = o(RMSNorm(g(x))·SiLU(h))."""
+
+  def __init__(self, cfg: ModelConfig, layer_idx: int, rngs: nnx.Rngs):
+    H, D = cfg.hidden_size, cfg.inner_size
+    # Upstream: xavier-uniform with gain 2^-2.5 for the gates; o is a residual output projection.
+    gate_init = jax.nn.initializers.variance_scaling(2**-5, "fan_avg", "uniform")
+    o_init = jax.nn.initializers.normal(
+      cfg.initializer_range / math.sqrt(2 * cfg.num_hidden_layers)
+    )
+    kw = dict(eps=cfg.rms_norm_eps, precision=cfg.precision, rngs=rngs)
+    self.i_proj = BitLinear(H, D, init=gate_init, **kw)
+    self.f_proj = BitLinear(H, D, init=gate_init, **kw)
+    self.g_proj = BitLinear(H, D, init=gate_init, **kw)
+    self.g_norm = RMSNorm(D, cfg.rms_norm_eps)
+    self.o_proj = BitLinear(D, H, init=o_init, **kw)
+    self.layer_idx = layer_idx
+    self.scan = cfg.scan
+
+  def __call__(self, x_BxTxH, lb_D, h0_BxD):
+    """Returns the output [B, T, H] and the last state h_{T−1} [B, D] (float32)."""
+    f_BxTxD = jax.nn.sigmoid(self.f_proj(x_BxTxH))
+    if lb_D is not None and self.layer_idx > 0:
+      f_BxTxD = lb_D + (1 - lb_D) * f_BxTxD
+    c_BxTxD = jax.nn.silu(self.i_proj(x_BxTxH)) * (1 - f_BxTxD)
+    h_BxTxD = recurrence(f_BxTxD, c_BxTxD, h0_BxD.astype(jnp.float32), self.scan)
+    o_BxTxD = self.g_norm(self.g_proj(x_BxTxH)) * jax.nn.silu(h_BxTxD)
+    return self.o_proj(o_BxTxD), h_BxTxD[:, -1]

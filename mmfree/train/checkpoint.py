@@ -1,0 +1,79 @@
+"""The run directory: `config.json`, orbax checkpoints of the parameters, tokenizer files.
+
+Parameters are saved as the pure dict of `nnx.state(model, nnx.Param)`, so a checkpoint is plain
+nested arrays that any JAX program can read without this package's classes.
+"""
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from mmfree.models import MMfreeLM, ModelConfig
+
+CONFIG = "config.json"
+CHECKPOINTS = "checkpoints"
+
+
+def write_config(run_dir: Path, model_cfg: ModelConfig, **sections):
+  """Write `config.json` atomically: {"model": ..., **sections}."""
+  run_dir.mkdir(parents=True, exist_ok=True)
+  tmp = run_dir / (CONFIG + ".tmp")
+  tmp.write_text(json.dumps({"model": model_cfg.to_dict(), **sections}, indent=2) + "\n")
+  tmp.replace(run_dir / CONFIG)
+
+
+def read_config(run_dir: Path) -> dict:
+  path = Path(run_dir) / CONFIG
+  try:
+    cfg = json.loads(path.read_text())
+  except FileNotFoundError:
+    raise FileNotFoundError(f"{path} not found: is {run_dir} a run directory?") from None
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path} is not valid JSON: {e}") from None
+  if "model" not in cfg:
+    raise ValueError(f"{path} has no 'model' section: not an mmfree run directory")
+  return cfg
+
+
+def model_config(run_dir: Path) -> ModelConfig:
+  return ModelConfig.from_dict(read_config(run_dir)["model"])
+
+
+def manager(run_dir: Path, max_to_keep: int | None = 3) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+  return ocp.CheckpointManager(Path(run_dir).absolute() / CHECKPOINTS, options=options)
+
+
+def save_params(run_dir: Path, step: int, params: dict):
+  with manager(run_dir) as mgr:
+    mgr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
+    mgr.wait_until_finished()
+
+
+def abstract_params(cfg: ModelConfig) -> dict:
+  """Shapes and dtypes of the parameters, nothing allocated."""
+  model = nnx.eval_shape(lambda: MMfreeLM(cfg, nnx.Rngs(0)))
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.state(model, nnx.Param).to_pure_dict())
+
+
+def restore_params(run_dir: Path, cfg: ModelConfig, step: int | None = None) -> dict:
+  with manager(run_dir, max_to_keep=None) as mgr:
+    step = mgr.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint under {Path(run_dir) / CHECKPOINTS}")
+    args = ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params(cfg)))
+    return mgr.restore(step, args=args)["params"]
+
+
+def build_model(cfg: ModelConfig, params: dict) -> MMfreeLM:
+  """A model holding `params` (a pure dict as saved), without a random initialization."""
+  model = nnx.eval_shape(lambda: MMfreeLM(cfg, nnx.Rngs(0)))
+  state = nnx.state(model, nnx.Param)
+  # Device arrays once here: numpy leaves would be copied to the device on every call.
+  nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
+  nnx.update(model, state)
+  return model

@@ -1,0 +1,34 @@
+"""Metrics writers: `metrics.jsonl` (one JSON object per line, always)."""
+
+import json
+import math
+from pathlib import Path
+
+
+class JsonlWriter:
+  """Appends one line per record and flushes, so a killed run keeps what it logged."""
+
+  def __init__(self, path: Path):
+    self.path = Path(path)
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    self._f = self.path.open("a")
+
+  def write(self, step: int, **scalars):
+    row = {"step": step, **{k: _plain(v) for k, v in scalars.items()}}
+    self._f.write(json.dumps(row) + "\n")
+    self._f.flush()
+
+  def close(self):
+    self._f.close()
+
+
+def _plain(v):
+  v = float(v) if hasattr(v, "__float__") and not isinstance(v, int) else v
+  return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def read_jsonl(path: Path) -> list[dict]:
+  path = Path(path)
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
