@@ -10,8 +10,7 @@ import numpy as np
 from flax import nnx
 
 from mmfree.data.tokenizers import Tokenizer, load_tokenizer
-from mmfree.models import MMfreeLM, ModelConfig
-from mmfree.models import hf
+from mmfree.models import MMfreeLM, ModelConfig, hf
 from mmfree.sample import check_sampling, sample
 from mmfree.train import checkpoint
 

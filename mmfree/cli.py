@@ -80,8 +80,8 @@ def cmd_generate(args):
 
 
 def cmd_import_hf(args):
-  from mmfree.models import hf
   from mmfree.data.tokenizers import load_tokenizer
+  from mmfree.models import hf
   from mmfree.train import checkpoint
 
   cfg, params = hf.load_hf(Path(args.dir))

@@ -15,7 +15,7 @@ def sample(logits_BxV, key, temperature: float, top_k: int | None, top_p: float 
   if top_p is not None and top_p < 1.0:
     sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
     p_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
-    # Keep the smallest prefix whose mass reaches top_p: a token stays if the mass before it < top_p.
+    # Keep the smallest prefix reaching mass top_p: a token stays if the mass before it < top_p.
     keep_BxV = (jnp.cumsum(p_BxV, axis=-1) - p_BxV) < top_p
     cutoff_Bx1 = jnp.min(jnp.where(keep_BxV, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
     logits_BxV = jnp.where(logits_BxV < cutoff_Bx1, -jnp.inf, logits_BxV)

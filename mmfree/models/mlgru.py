@@ -44,7 +44,7 @@ def recurrence(f_BxTxD, c_BxTxD, h0_BxD, scan: str):
 
 
 class MLGRU(nnx.Module):
-  """f = σ(f(x)) lifted by the layer's lower bound; c = SiLU(i(x))(1−f); o = o(RMSNorm(g(x))·SiLU(h))."""
+  """f = σ(f(x)) raised by the lower bound; c = SiLU(i(x))(1−f); o = o(RMSNorm(g(x))·SiLU(h))."""
 
   def __init__(self, cfg: ModelConfig, layer_idx: int, rngs: nnx.Rngs):
     H, D = cfg.hidden_size, cfg.inner_size
