@@ -18,8 +18,16 @@ from mmfree.train import checkpoint
 class LanguageModel:
   """A loaded model for inference. Weights are quantized once here, not on every step."""
 
-  def __init__(self, model: MMfreeLM, tokenizer: Tokenizer | None = None, source: str = ""):
-    if model.config.precision != "float":
+  def __init__(
+    self,
+    model: MMfreeLM,
+    tokenizer: Tokenizer | None = None,
+    source: str = "",
+    quantize_once: bool = True,
+  ):
+    # quantize_once=False re-quantizes every weight on every call, as the reference does
+    # (kept as the benchmark's baseline).
+    if quantize_once and model.config.precision != "float":
       model.freeze()
     self.config: ModelConfig = model.config
     self.tokenizer = tokenizer

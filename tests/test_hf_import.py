@@ -285,8 +285,12 @@ def test_unrepresentable_config_is_refused(tmp_path, field, value):
 
 
 def test_missing_directory_or_config(tmp_path):
-  with pytest.raises(FileNotFoundError, match="config.json"):
+  with pytest.raises(FileNotFoundError, match="nowhere not found"):
     hf.load_hf(tmp_path / "nowhere")
+  (tmp_path / "model.safetensors").write_bytes(b"")
+  with pytest.raises(FileNotFoundError, match="config.json"):
+    hf.load_hf(tmp_path)
+  (tmp_path / "model.safetensors").unlink()
   with pytest.raises(FileNotFoundError, match="not found"):
     hf.read_tensors(tmp_path / "nowhere")
   (tmp_path / "config.json").write_text(json.dumps(UPSTREAM_CONFIG))
@@ -317,3 +321,18 @@ def test_save_load_round_trip(ckpt, tmp_path, max_shard_bytes):
   assert_same_params(params2, params)
   with pytest.raises(FileExistsError):
     hf.save_hf(tmp_path, cfg, params)
+
+
+def test_mmfree_load_and_import_hf_cli_match_reference(ckpt, tensors, tmp_path):
+  import mmfree
+  from mmfree.cli import main
+
+  tokens = np.random.default_rng(3).integers(0, V, (B, 12))
+  want = ref_logits(tensors, tokens)
+  lm = mmfree.load(ckpt)
+  assert lm.tokenizer is None  # ids in, logits out without tokenizer files
+  got = lm.logits(tokens)
+  assert got.dtype == np.float32 and got.shape == (B, 12, V)
+  assert_close(got, want)
+  main(["import-hf", str(ckpt), "--out", str(tmp_path / "run")])
+  assert_close(mmfree.load(tmp_path / "run").logits(tokens), want)

@@ -175,15 +175,13 @@ def from_params(params: dict, cfg: ModelConfig) -> dict[str, np.ndarray]:
   return out
 
 
-def read_tensors(ckpt_dir) -> dict[str, np.ndarray]:
-  """All tensors of `model.safetensors` or of the shards its index lists; floats become float32."""
-  d = Path(ckpt_dir)
+def _weight_files(d: Path) -> tuple[list[Path], dict | None]:
+  """The safetensors files to read (and the index's weight map); pickles get a conversion hint."""
   if not d.is_dir():
     raise FileNotFoundError(f"checkpoint directory {d} not found")
-  weight_map = None
   if (d / WEIGHTS).is_file():  # as transformers does, the single file wins over an index
-    files = [d / WEIGHTS]
-  elif (d / INDEX).is_file():
+    return [d / WEIGHTS], None
+  if (d / INDEX).is_file():
     weight_map = json.loads((d / INDEX).read_text()).get("weight_map")
     if not isinstance(weight_map, dict):
       raise ValueError(f"{d / INDEX} has no 'weight_map' object")
@@ -191,16 +189,21 @@ def read_tensors(ckpt_dir) -> dict[str, np.ndarray]:
     absent = [f.name for f in files if not f.is_file()]
     if absent:
       raise FileNotFoundError(f"{d / INDEX} lists shards that are not in {d}: {absent}")
-  else:
-    pickled = sorted(p.name for p in d.iterdir() if p.suffix in PICKLED)
-    if pickled:
-      raise ValueError(
-        f"{d} holds only pickled PyTorch weights {pickled}; mmfree never unpickles (it can run "
-        f"arbitrary code). Convert to safetensors once, in an environment with torch, inside {d}:\n"
-        f"  {CONVERT}\n(if it complains about shared tensors, save {{k: v.contiguous().clone()}})"
-      )
-    raise FileNotFoundError(f"no {WEIGHTS} or {INDEX} in {d}")
+    return files, weight_map
+  pickled = sorted(p.name for p in d.iterdir() if p.suffix in PICKLED)
+  if pickled:
+    raise ValueError(
+      f"{d} holds only pickled PyTorch weights {pickled}; mmfree never unpickles (it can run "
+      f"arbitrary code). Convert to safetensors once, in an environment with torch, inside {d}:\n"
+      f"  {CONVERT}\n(if it complains about shared tensors, save {{k: v.contiguous().clone()}})"
+    )
+  raise FileNotFoundError(f"no {WEIGHTS} or {INDEX} in {d}")
 
+
+def read_tensors(ckpt_dir) -> dict[str, np.ndarray]:
+  """All tensors of `model.safetensors` or of the shards its index lists; floats become float32."""
+  d = Path(ckpt_dir)
+  files, weight_map = _weight_files(d)
   tensors = {}
   for f in files:
     with safe_open(f, framework="numpy") as sf:
@@ -217,6 +220,7 @@ def read_tensors(ckpt_dir) -> dict[str, np.ndarray]:
 
 def load_hf(ckpt_dir) -> tuple[ModelConfig, dict]:
   """(config, params pure dict) from an upstream checkpoint directory."""
+  _weight_files(Path(ckpt_dir))  # a directory of pickles is told how to convert before anything
   cfg = hf_config(ckpt_dir)
   tensors = read_tensors(ckpt_dir)
   try:

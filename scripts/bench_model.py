@@ -1,0 +1,94 @@
+"""Model throughput on this machine: training steps and recurrent generation.
+
+  uv run python scripts/bench_model.py [--preset small --batch 16 --seq 128 --gen-preset 370m]
+
+Prints training tokens/s (forward, backward, AdamW) with the associative scan and with
+`jax.lax.scan` (ratio between them), and batch-1 greedy generation tokens/s at the 370m preset
+with weights quantized once against re-quantizing them every step as the reference
+implementation does (ratio between them, and against the reference's published-in-issue
+0.52 tokens/s on this CPU).
+"""
+
+import argparse
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from mmfree.api import LanguageModel
+from mmfree.models import MMfreeLM, preset
+from mmfree.train import loop
+
+REFERENCE_TOKENS_PER_S = 0.52  # reference PyTorch implementation, 370M, this CPU (issue 2)
+
+
+def bench_train(name: str, scan: str, batch: int, seq: int, steps: int) -> float:
+  cfg = preset(name, scan=scan)
+  graphdef, params = nnx.split(MMfreeLM(cfg, nnx.Rngs(0)), nnx.Param)
+  tx = loop.optimizer(loop.TrainConfig(steps=steps))
+  opt_state = tx.init(params)
+  train_step, _ = loop.make_steps(graphdef, tx)
+  data = jax.random.randint(jax.random.key(0), (steps + 1, batch, seq + 1), 0, cfg.vocab_size)
+  params, opt_state, loss, _ = train_step(params, opt_state, data[0])  # compile
+  jax.block_until_ready(loss)
+  t0 = time.perf_counter()
+  for i in range(1, steps + 1):
+    params, opt_state, loss, _ = train_step(params, opt_state, data[i])
+  jax.block_until_ready(loss)
+  return steps * batch * seq / (time.perf_counter() - t0)
+
+
+def bench_generate(lm: LanguageModel, tokens: int) -> float:
+  prompt = np.arange(1, 9, dtype=np.int32)
+  lm.generate(prompt, 2, temperature=0, stop_at_eos=False)  # compile prefill and step
+  t0 = time.perf_counter()
+  lm.generate(prompt, tokens + 1, temperature=0, stop_at_eos=False)
+  dt = time.perf_counter() - t0
+  t1 = time.perf_counter()
+  lm.generate(prompt, 1, temperature=0, stop_at_eos=False)  # the prefill alone
+  return tokens / (dt - (time.perf_counter() - t1))
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument("--preset", default="small")
+  p.add_argument("--batch", type=int, default=16)
+  p.add_argument("--seq", type=int, default=128)
+  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--gen-preset", default="370m")
+  p.add_argument("--gen-tokens", type=int, default=32)
+  p.add_argument("--baseline-tokens", type=int, default=4)
+  args = p.parse_args()
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {jax.device_count()} device(s)")
+
+  print(f"\ntraining step, preset {args.preset}, batch {args.batch} x seq {args.seq}:")
+  tps = {scan: bench_train(args.preset, scan, args.batch, args.seq, args.steps)
+         for scan in ("associative", "sequential")}
+  for scan, v in tps.items():
+    print(f"  {scan:12s} {v:10,.0f} tokens/s")
+  print(f"  associative / sequential: {tps['associative'] / tps['sequential']:.2f}x")
+
+  cfg = preset(args.gen_preset)
+  print(f"\nrecurrent generation, preset {args.gen_preset} (random weights), batch 1, greedy:")
+  t0 = time.perf_counter()
+  model = MMfreeLM(cfg, nnx.Rngs(0))
+  jax.block_until_ready(nnx.state(model))
+  print(f"  init {time.perf_counter() - t0:.1f}s")
+  baseline = bench_generate(LanguageModel(model, quantize_once=False), args.baseline_tokens)
+  t0 = time.perf_counter()
+  lm = LanguageModel(model)  # quantizes the weights once, in place
+  print(f"  quantize once {time.perf_counter() - t0:.1f}s")
+  fast = bench_generate(lm, args.gen_tokens)
+  weight_bytes = sum(x.nbytes for x in jax.tree.leaves(lm._state) if x.ndim == 2)
+  weight_bytes -= cfg.vocab_size * cfg.hidden_size * 4  # the embedding is gathered, not read
+  print(f"  re-quantize every step (reference behaviour): {baseline:6.2f} tokens/s")
+  print(f"  quantized once at load:                       {fast:6.2f} tokens/s")
+  print(f"  ratio: {fast / baseline:.1f}x in-process baseline, "
+        f"{fast / REFERENCE_TOKENS_PER_S:.1f}x the reference's {REFERENCE_TOKENS_PER_S} tokens/s")
+  print(f"  weights streamed per token: {weight_bytes / 1e9:.2f} GB "
+        f"({weight_bytes * fast / 1e9:.1f} GB/s effective)")
+
+
+if __name__ == "__main__":
+  main()
