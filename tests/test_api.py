@@ -75,7 +75,7 @@ def test_load_run_directory_without_tokenizer(tmp_path, lm):
   cfg = preset("tiny")
   model = MMfreeLM(cfg, nnx.Rngs(4))
   checkpoint.write_config(tmp_path, cfg)
-  checkpoint.save_params(tmp_path, 7, nnx.state(model, nnx.Param).to_pure_dict())
+  checkpoint.save_params(tmp_path, 7, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
   loaded = mmfree.load(tmp_path)
   assert loaded.tokenizer is None and loaded.config == cfg
   tokens = np.array([[1, 2, 3, 4]])

@@ -148,7 +148,7 @@ def test_training_gradients_reach_every_parameter():
     return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], -1))
 
   grads = jax.grad(loss)(params)
-  for path, g in jax.tree_util.tree_flatten_with_path(grads.to_pure_dict())[0]:
+  for path, g in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(grads))[0]:
     assert np.all(np.isfinite(g)), jax.tree_util.keystr(path)
     assert np.any(g != 0), f"no gradient reaches {jax.tree_util.keystr(path)}"
 

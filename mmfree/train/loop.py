@@ -153,5 +153,5 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_cfg: Dat
       bar.write(f"step {step}: val_loss {ev['val_loss']:.3f} (ppl {ev['val_ppl']:.1f})")
       final.update(ev)
   writer.close()
-  checkpoint.save_params(run_dir, cfg.steps, params.to_pure_dict())
+  checkpoint.save_params(run_dir, cfg.steps, nnx.to_pure_dict(params))
   return {**final, "unigram_entropy_nats": info["unigram_entropy_nats"]}
