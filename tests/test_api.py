@@ -35,15 +35,15 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(lm):
   assert greedy.shape == (8,)
   np.testing.assert_array_equal(lm.generate(prompt, 8, top_k=1, stop_at_eos=False), greedy)
   a = lm.generate(prompt, 16, temperature=2.0, seed=1, stop_at_eos=False)
-  np.testing.assert_array_equal(a, lm.generate(prompt, 16, temperature=2.0, seed=1, stop_at_eos=False))
+  np.testing.assert_array_equal(
+    a, lm.generate(prompt, 16, temperature=2.0, seed=1, stop_at_eos=False)
+  )
   assert not np.array_equal(a, lm.generate(prompt, 16, temperature=2.0, seed=2, stop_at_eos=False))
 
 
 def test_top_k_and_top_p_filter_the_distribution():
   logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
-  draw = lambda **kw: {
-    int(sample(logits, jax.random.key(i), 1.0, **kw)[0]) for i in range(300)
-  }
+  draw = lambda **kw: {int(sample(logits, jax.random.key(i), 1.0, **kw)[0]) for i in range(300)}
   assert draw(top_k=None, top_p=None) == {0, 1, 2, 3}
   assert draw(top_k=2, top_p=None) == {0, 1}
   assert draw(top_k=None, top_p=0.6) == {0, 1}  # 0.5 < 0.6, so the second token is needed

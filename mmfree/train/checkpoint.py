@@ -57,7 +57,9 @@ def save_params(run_dir: Path, step: int, params: dict):
 def abstract_params(cfg: ModelConfig) -> dict:
   """Shapes and dtypes of the parameters, nothing allocated."""
   model = nnx.eval_shape(lambda: MMfreeLM(cfg, nnx.Rngs(0)))
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  return jax.tree.map(
+    ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  )
 
 
 def restore_params(run_dir: Path, cfg: ModelConfig, step: int | None = None) -> dict:
