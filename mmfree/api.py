@@ -7,6 +7,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from mmfree.data.tokenizers import Tokenizer, load_tokenizer
@@ -37,7 +38,12 @@ class LanguageModel:
     def forward(state, tokens_BxT, h_LxBxD):
       return nnx.merge(graphdef, state)(tokens_BxT, h_LxBxD)
 
+    def nll(state, tokens_BxT):
+      logits_BxTxV, _ = forward(state, tokens_BxT[:, :-1], self._init_state(len(tokens_BxT)))
+      return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, tokens_BxT[:, 1:])
+
     self._forward = jax.jit(forward)
+    self._nll = jax.jit(nll)
     self._init_state = nnx.merge(graphdef, self._state).init_state
 
   def logits(self, tokens_BxT) -> np.ndarray:
@@ -45,6 +51,10 @@ class LanguageModel:
     tokens_BxT = self._check_tokens(tokens_BxT, "tokens_BxT")
     logits_BxTxV, _ = self._forward(self._state, tokens_BxT, self._init_state(len(tokens_BxT)))
     return np.asarray(logits_BxTxV, np.float32)
+
+  def token_nll(self, tokens_BxT) -> np.ndarray:
+    """Negative log-likelihood (nats) of each next token, [B, T-1]."""
+    return np.asarray(self._nll(self._state, self._check_tokens(tokens_BxT, "tokens_BxT")))
 
   def stream(
     self,
@@ -118,16 +128,27 @@ class LanguageModel:
     return jnp.asarray(arr, jnp.int32)
 
 
-def load(path, precision: str | None = None, step: int | None = None) -> LanguageModel:
-  """Load a run directory (config.json + orbax checkpoints) or a Hugging Face checkpoint dir."""
-  path = Path(path)
+def read_config_of(path: Path) -> ModelConfig:
+  """The model config of a run directory or a Hugging Face checkpoint, without the weights."""
+  if (path / checkpoint.CHECKPOINTS).is_dir():
+    return checkpoint.model_config(path)
+  return hf.hf_config(path)
+
+
+def read_params(path: Path, step: int | None = None) -> tuple[ModelConfig, dict]:
+  """(config, params) of a run directory (orbax) or a Hugging Face checkpoint directory."""
   if not path.is_dir():
     raise FileNotFoundError(f"{path}: no such directory (expected a run or checkpoint directory)")
   if (path / checkpoint.CHECKPOINTS).is_dir():
-    cfg = checkpoint.model_config(path)
-    params = checkpoint.restore_params(path, cfg, step)
-  else:
-    cfg, params = hf.load_hf(path)
+    cfg = read_config_of(path)
+    return cfg, checkpoint.restore_params(path, cfg, step)
+  return hf.load_hf(path)
+
+
+def load(path, precision: str | None = None, step: int | None = None) -> LanguageModel:
+  """Load a run directory (config.json + orbax checkpoints) or a Hugging Face checkpoint dir."""
+  path = Path(path)
+  cfg, params = read_params(path, step)
   if precision is not None:
     cfg = cfg.replace(precision=precision)
   model = checkpoint.build_model(cfg, params)

@@ -1,52 +1,55 @@
-"""The `mmfree` command line."""
+"""The `mmfree` command line. Experiment overrides are `--config.<section>.<key>=<value>`."""
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
 
 
-def _add_dataclass_flags(p: argparse.ArgumentParser, cls, prefix: str = ""):
-  """One `--name` flag per dataclass field (defaults shown), typed from the field's default."""
-  for f in dataclasses.fields(cls):
-    kind = type(f.default) if f.default is not None else str
-    if kind is bool:
-      p.add_argument(f"--{prefix}{f.name}", type=lambda s: s.lower() in ("1", "true", "yes"))
-    else:
-      p.add_argument(f"--{prefix}{f.name}", type=kind, default=None, help=f"default {f.default}")
+def _experiment(spec: str | None, extra: list[str]):
+  from mmfree import configs
+
+  overrides = configs.parse_overrides(extra)
+  if spec is None:  # the built-in default: the small model on the embedded corpus
+    cfg = configs.apply_overrides(configs.base_config(), overrides)
+    return configs.to_experiment(cfg, "", overrides)
+  return configs.load_experiment(spec, overrides)
 
 
-def _picked(args, cls, prefix: str = "") -> dict:
-  vals = {
-    f.name: getattr(args, (prefix + f.name).replace("-", "_")) for f in dataclasses.fields(cls)
-  }
-  return {k: v for k, v in vals.items() if v is not None}
+def cmd_run(args, extra):
+  from mmfree.run import run_experiment
+
+  run_experiment(_experiment(args.spec, extra), Path(args.workdir))
 
 
-def cmd_train(args):
-  from mmfree.models import preset
-  from mmfree.train import loop
+def cmd_train(args, extra):
+  from mmfree.run import run_experiment
 
-  model_cfg = preset(args.preset, **({"scan": args.scan} if args.scan else {}))
-  train_cfg = loop.TrainConfig(**_picked(args, loop.TrainConfig))
-  data_cfg = loop.DataConfig(**_picked(args, loop.DataConfig))
-  final = loop.train(Path(args.workdir), model_cfg, train_cfg, data_cfg)
-  print(
-    f"done: val_loss {final['val_loss']:.3f} nats/token (unigram entropy "
-    f"{final['unigram_entropy_nats']:.3f}), val_bpb {final['val_bpb']:.3f}, "
-    f"{final['tokens_per_s']:,.0f} tokens/s -> {args.workdir}"
-  )
+  run_experiment(_experiment(args.config, extra), Path(args.workdir), stages=("train",))
 
 
-def cmd_generate(args):
+def cmd_eval(args, extra):
+  from mmfree import configs
+  from mmfree.data.sources import DataConfig
+  from mmfree.evaluate import evaluate_model
+
+  overrides = configs.parse_overrides(extra, prefix="--data.")
+  data_cfg = configs.to_dataclass(DataConfig, overrides, "data")
+  for precision in args.precision.split(","):
+    r = evaluate_model(Path(args.path), data_cfg, args.seq_len, precision or None, args.max_windows)
+    bpb = f"{r['bpb']:.4f}" if r["bpb"] is not None else "n/a"
+    print(f"{r['precision']:8s} loss {r['loss']:.4f}  ppl {r['ppl']:.2f}  bpb {bpb}  "
+          f"({r['tokens']} tokens)")  # fmt: skip
+
+
+def cmd_generate(args, extra):
   import mmfree
 
   lm = mmfree.load(args.path)
   if lm.tokenizer is None:
     sys.exit(
-      f"{args.path} has no tokenizer files (tokenizer.model or tokenizer.json): "
-      "text generation needs one; use mmfree.load(...).generate(token_ids, ...) instead"
+      f"{args.path} has no tokenizer files (tokenizer.model or tokenizer.json): text generation "
+      "needs one; use mmfree.load(...).generate(token_ids, ...) instead"
     )
   tok = lm.tokenizer
   prompt = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(args.prompt)
@@ -57,29 +60,22 @@ def cmd_generate(args):
     nonlocal shown
     new.append(int(next_B[0]))
     text = tok.decode(new)
-    # Print only the stable new text: a byte sequence may be mid-way through a character.
+    # Print only stable text: the last token may end mid-way through a character.
     if not text.endswith("\ufffd"):
       print(text[len(shown) :], end="", flush=True)
       shown = text
 
   t0 = time.perf_counter()
   lm.generate(
-    prompt,
-    args.max_new_tokens,
-    args.temperature,
-    args.top_k,
-    args.top_p,
-    args.seed,
+    prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
     on_token=on_token,
-  )
+  )  # fmt: skip
   dt = time.perf_counter() - t0
-  print(
-    f"\n[{len(new)} tokens in {dt:.2f}s: {len(new) / dt:.1f} tokens/s incl. prompt and compile]",
-    file=sys.stderr,
-  )
+  print(f"\n[{len(new)} tokens in {dt:.2f}s: {len(new) / dt:.1f} tokens/s incl. prompt and compile]",
+        file=sys.stderr)  # fmt: skip
 
 
-def cmd_import_hf(args):
+def cmd_import_hf(args, extra):
   from mmfree.data.tokenizers import load_tokenizer
   from mmfree.models import hf
   from mmfree.train import checkpoint
@@ -94,19 +90,38 @@ def cmd_import_hf(args):
   print(f"imported {args.dir} -> {out} ({'with' if tok else 'without'} tokenizer)")
 
 
-def main(argv=None):
-  from mmfree.train.loop import DataConfig, TrainConfig
+def cmd_tokenizer_train(args, extra):
+  from mmfree import configs
+  from mmfree.data.sources import DataConfig, train_tokenizer
 
-  p = argparse.ArgumentParser(prog="mmfree", description=__doc__)
+  data_cfg = configs.to_dataclass(DataConfig, configs.parse_overrides(extra, "--data."), "data")
+  tok = train_tokenizer(data_cfg, args.vocab_size, Path(args.out))
+  print(f"trained a {tok.vocab_size}-token BPE on {data_cfg.source} -> {args.out}")
+
+
+def parser() -> argparse.ArgumentParser:
+  from mmfree import results, sweep
+
+  p = argparse.ArgumentParser(prog="mmfree", description=__doc__, allow_abbrev=False)
   sub = p.add_subparsers(dest="cmd", required=True)
 
-  t = sub.add_parser("train", help="train the default model on the embedded corpus")
-  t.add_argument("--workdir", required=True, help="run directory to write")
-  t.add_argument("--preset", default="small", help="model size preset (default small)")
-  t.add_argument("--scan", choices=["associative", "sequential"], default=None)
-  _add_dataclass_flags(t, TrainConfig)
-  _add_dataclass_flags(t, DataConfig)
+  r = sub.add_parser("run", help="run an experiment's stages in order (resumable)")
+  r.add_argument("spec", help="experiments/<name>.py[:arg]")
+  r.add_argument("--workdir", required=True, help="the run directory")
+  r.set_defaults(fn=cmd_run)
+
+  t = sub.add_parser("train", help="the train stage alone")
+  t.add_argument("--config", default=None, help="experiments/<name>.py[:arg] (default: built-in)")
+  t.add_argument("--workdir", required=True, help="the run directory")
   t.set_defaults(fn=cmd_train)
+
+  e = sub.add_parser("eval", help="loss, perplexity and bits per byte; --data.<key>=... as in "
+                     "experiment configs")  # fmt: skip
+  e.add_argument("path", help="run directory or Hugging Face checkpoint directory")
+  e.add_argument("--precision", default="", help="comma-separated, e.g. float,bitnet")
+  e.add_argument("--seq-len", type=int, default=256)
+  e.add_argument("--max-windows", type=int, default=512)
+  e.set_defaults(fn=cmd_eval)
 
   g = sub.add_parser("generate", help="stream a continuation of a prompt")
   g.add_argument("path", help="run directory or Hugging Face checkpoint directory")
@@ -123,11 +138,25 @@ def main(argv=None):
   i.add_argument("--out", required=True, help="run directory to write")
   i.set_defaults(fn=cmd_import_hf)
 
-  args = p.parse_args(argv)
+  tk = sub.add_parser("tokenizer", help="tokenizer tools").add_subparsers(dest="sub", required=True)
+  tt = tk.add_parser("train", help="train a BPE on a data source (--data.<key>=...)")
+  tt.add_argument("--vocab-size", type=int, default=4096)
+  tt.add_argument("--out", required=True, help="directory to write tokenizer.json into")
+  tt.set_defaults(fn=cmd_tokenizer_train)
+
+  sweep.add_parser(sub)
+  results.add_parser(sub)
+  return p
+
+
+def main(argv=None):
+  args, extra = parser().parse_known_args(argv)
   try:
-    args.fn(args)
-  except (ValueError, FileNotFoundError) as e:
+    code = args.fn(args, extra)
+  except (ValueError, FileNotFoundError, FloatingPointError) as e:
     sys.exit(f"mmfree {args.cmd}: error: {e}")
+  if code:
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -71,7 +71,8 @@ def _stdlib_docs() -> Iterator[tuple[str, str]]:
       yield f"stdlib/{rel.as_posix()}", "\n\n".join(docs)
 
 
-def _is_val(name: str, val_fraction: float) -> bool:
+def held_out(name: str, val_fraction: float) -> bool:
+  """Whether the document called `name` is in val: its name's hash falls below the fraction."""
   # Hashing the name (not the position) keeps a document's split stable across versions.
   bucket = int(hashlib.sha256(name.encode()).hexdigest(), 16) % _VAL_BUCKETS
   return bucket < round(val_fraction * _VAL_BUCKETS)
@@ -102,7 +103,7 @@ def embedded_corpus(val_fraction: float = 0.05) -> Corpus:
     raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
   train, val = [], []
   for name, text in (*_topic_docs(), *_stdlib_docs()):
-    (val if _is_val(name, val_fraction) else train).append(text)
+    (val if held_out(name, val_fraction) else train).append(text)
   meta = {
     "source": "python-embedded",
     "python_version": platform.python_version(),

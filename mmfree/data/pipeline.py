@@ -52,13 +52,13 @@ def batches(
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be positive, got {batch_size}")
-  ids_N = np.asarray(ids_N, dtype=np.int32)
+  ids_N = np.asarray(ids_N)  # a memmap stays one: windows are read and cast one at a time
   T = seq_len
   ds = (
     grain.MapDataset.range(_num_windows(ids_N, T))
     .shuffle(seed=seed)
     .repeat()  # reseeds the shuffle each epoch
-    .map(lambda i: ids_N[i * T : i * T + T + 1])
+    .map(lambda i: ids_N[i * T : i * T + T + 1].astype(np.int32))
     .batch(batch_size, drop_remainder=True)
   )
   return (ds[step] for step in itertools.count(start_step))  # not a generator: errors raise now
@@ -66,9 +66,9 @@ def batches(
 
 def eval_windows(ids_N: np.ndarray, seq_len: int, max_windows: int | None = None) -> np.ndarray:
   """The first `max_windows` windows in order, int32 [N, T+1]; their targets do not overlap."""
-  ids_N = np.asarray(ids_N, dtype=np.int32)
+  ids_N = np.asarray(ids_N)
   n = _num_windows(ids_N, seq_len)
   if max_windows is not None:
     n = min(n, max_windows)
   starts_N = np.arange(n) * seq_len
-  return ids_N[starts_N[:, None] + np.arange(seq_len + 1)[None, :]]
+  return ids_N[starts_N[:, None] + np.arange(seq_len + 1)[None, :]].astype(np.int32)

@@ -211,15 +211,25 @@ def default_tokenizer(
   raise ValueError(f"tokenizer kind must be 'byte' or 'bpe', got {kind!r}")
 
 
+def token_counts(ids_N: np.ndarray, vocab_size: int, chunk: int = 1 << 24) -> np.ndarray:
+  """How often each id occurs, int64 [V]; reads `chunk` ids at a time, so memmaps stay on disk."""
+  ids_N = np.asarray(ids_N).ravel()
+  counts_V = np.zeros(vocab_size, np.int64)
+  for start in range(0, ids_N.size, chunk):
+    ids_C = ids_N[start : start + chunk]
+    lo, hi = ids_C.min(), ids_C.max()
+    if lo < 0 or hi >= vocab_size:
+      raise ValueError(f"token ids must lie in [0, {vocab_size}), got [{lo}, {hi}]")
+    counts_V += np.bincount(ids_C.astype(np.intp), minlength=vocab_size)
+  return counts_V
+
+
 def unigram_entropy(ids_N: np.ndarray, vocab_size: int) -> float:
   """Entropy of the token frequencies in nats per token: the loss a unigram model reaches."""
-  ids_N = np.asarray(ids_N).ravel()
-  if ids_N.size == 0:
+  counts_V = token_counts(ids_N, vocab_size)
+  if counts_V.sum() == 0:
     raise ValueError("unigram_entropy needs at least one token")
-  if ids_N.min() < 0 or ids_N.max() >= vocab_size:
-    raise ValueError(f"token ids must lie in [0, {vocab_size}), got [{ids_N.min()}, {ids_N.max()}]")
-  p_V = np.bincount(ids_N, minlength=vocab_size) / ids_N.size
-  p_V = p_V[p_V > 0]
+  p_V = counts_V[counts_V > 0] / counts_V.sum()
   return float(-(p_V * np.log(p_V)).sum())
 
 

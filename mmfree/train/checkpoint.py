@@ -48,6 +48,35 @@ def manager(run_dir: Path, max_to_keep: int | None = 3) -> ocp.CheckpointManager
   return ocp.CheckpointManager(Path(run_dir).absolute() / CHECKPOINTS, options=options)
 
 
+def save_train_state(mgr: ocp.CheckpointManager, step: int, params, opt_state):
+  """Parameters, optimizer state and the step (the data position) in one atomic checkpoint."""
+  mgr.save(
+    step,
+    args=ocp.args.Composite(
+      params=ocp.args.StandardSave(nnx.to_pure_dict(params)),
+      opt_state=ocp.args.StandardSave(opt_state),
+      meta=ocp.args.JsonSave({"step": step}),
+    ),
+  )
+  mgr.wait_until_finished()
+
+
+def restore_train_state(mgr: ocp.CheckpointManager, params, opt_state):
+  """(params, opt_state, step) of the latest checkpoint, shaped like the given templates."""
+  step = mgr.latest_step()
+  as_abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+  restored = mgr.restore(
+    step,
+    args=ocp.args.Composite(
+      params=ocp.args.StandardRestore(as_abstract(nnx.to_pure_dict(params))),
+      opt_state=ocp.args.StandardRestore(as_abstract(opt_state)),
+      meta=ocp.args.JsonRestore(),
+    ),
+  )
+  nnx.replace_by_pure_dict(params, restored["params"])
+  return params, restored["opt_state"], restored["meta"]["step"]
+
+
 def save_params(run_dir: Path, step: int, params: dict):
   with manager(run_dir) as mgr:
     mgr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))

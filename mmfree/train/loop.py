@@ -1,6 +1,8 @@
-"""A first training loop: AdamW on the embedded corpus, writing a run directory.
+"""The training stage: AdamW with warmup + cosine, resumable and deterministic.
 
-The experiment system (configs, resume, sweeps) extends this module in the next stage.
+Batch k depends only on (data, seed, k), and params, optimizer state and the step are
+checkpointed together, so a run killed at any point and rerun continues to bit-identical
+parameters.
 """
 
 import dataclasses
@@ -13,21 +15,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from mmfree.data import corpus as corpus_lib
 from mmfree.data import pipeline
-from mmfree.data import tokenizers as tok_lib
 from mmfree.models import MMfreeLM, ModelConfig
 from mmfree.train import checkpoint
-from mmfree.train.metrics import JsonlWriter
+from mmfree.train.tracking import Tracker
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  steps: int = 600
+  steps: int = 300
   batch_size: int = 16
   seq_len: int = 128
+  grad_accum: int = 1  # micro-batches per step: batch_size / grad_accum sequences each
   lr: float = 3e-3
   min_lr_ratio: float = 0.1
   warmup_steps: int = 50
@@ -38,14 +40,17 @@ class TrainConfig:
   eval_every: int = 100
   eval_windows: int = 64
   log_every: int = 10
+  ckpt_every: int = 100
+  keep_checkpoints: int = 2
   seed: int = 0
+  init_from: str = ""  # a run directory or Hugging Face checkpoint to fine-tune from
 
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-  corpus: str = "embedded"
-  tokenizer: str = "bpe"  # byte | bpe
-  vocab_size: int = 4096  # of the BPE
+  def __post_init__(self):
+    for name in ("steps", "batch_size", "seq_len", "grad_accum", "log_every", "eval_every"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"train.{name}={getattr(self, name)}: must be a positive integer")
+    if self.batch_size % self.grad_accum:
+      raise ValueError(f"train.grad_accum={self.grad_accum} must divide train.batch_size")
 
 
 def optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
@@ -64,94 +69,130 @@ def cross_entropy(logits_BxTxV, targets_BxT):
   return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT).mean()
 
 
-def make_steps(graphdef, tx):
-  """Jitted train and eval steps on plain pytrees (params, optimizer state)."""
-
+def make_loss(graphdef):
   def loss_fn(params, batch_BxT1):
     logits_BxTxV, _ = nnx.merge(graphdef, params)(batch_BxT1[:, :-1])
     return cross_entropy(logits_BxTxV, batch_BxT1[:, 1:])
 
+  return loss_fn
+
+
+def make_steps(graphdef, tx, grad_accum: int = 1):
+  """Jitted train and eval steps on plain pytrees (params, optimizer state)."""
+  loss_fn = make_loss(graphdef)
+  grad_fn = jax.value_and_grad(loss_fn)
+
+  def accumulated(params, batch_BxT1):
+    micro_KxbxT1 = batch_BxT1.reshape(grad_accum, -1, batch_BxT1.shape[-1])
+
+    def add(carry, micro_bxT1):
+      loss, grads = grad_fn(params, micro_bxT1)
+      return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+    zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+    total, _ = jax.lax.scan(add, zeros, micro_KxbxT1)
+    return jax.tree.map(lambda x: x / grad_accum, total)
+
   @jax.jit
   def train_step(params, opt_state, batch_BxT1):
-    loss, grads = jax.value_and_grad(loss_fn)(params, batch_BxT1)
+    if grad_accum == 1:
+      loss, grads = grad_fn(params, batch_BxT1)
+    else:
+      loss, grads = accumulated(params, batch_BxT1)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss, optax.global_norm(grads)
 
   return train_step, jax.jit(loss_fn)
 
 
-def prepare_data(data_cfg: DataConfig):
-  """Corpus, tokenizer and token streams, plus what to record about them."""
-  if data_cfg.corpus != "embedded":
-    raise ValueError(f"data.corpus={data_cfg.corpus!r}: only 'embedded' is available here")
-  corpus = corpus_lib.embedded_corpus()
-  tok = tok_lib.default_tokenizer(corpus, data_cfg.tokenizer, data_cfg.vocab_size)
-  train_N = pipeline.tokenize_docs(corpus.train, tok)
-  val_N = pipeline.tokenize_docs(corpus.val, tok)
-  info = {
-    **dataclasses.asdict(data_cfg),
-    "corpus_meta": corpus.meta,
-    "train_tokens": int(train_N.size),
-    "val_tokens": int(val_N.size),
-    "val_bytes_per_token": sum(len(d.encode()) for d in corpus.val) / val_N.size,
-    "unigram_entropy_nats": tok_lib.unigram_entropy(train_N, tok.vocab_size),
-  }
-  return tok, train_N, val_N, info
+def evaluate(eval_loss, params, windows_NxT1, bytes_per_token: float | None, batch: int = 16):
+  """Mean next-token loss over windows, perplexity and (when known) bits per byte."""
+  chunks = [windows_NxT1[i : i + batch] for i in range(0, len(windows_NxT1), batch)]
+  losses = [float(eval_loss(params, c)) for c in chunks]
+  loss = float(np.average(losses, weights=[len(c) for c in chunks]))
+  out = {"val_loss": loss, "val_ppl": math.exp(min(loss, 700))}
+  if bytes_per_token:
+    out["val_bpb"] = loss / math.log(2) / bytes_per_token
+  return out
 
 
-def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_cfg: DataConfig) -> dict:
-  """Train from scratch into `run_dir`; returns the final metrics."""
+def initial_params(model_cfg: ModelConfig, cfg: TrainConfig):
+  """(graphdef, params): a fresh initialization, or the weights of `init_from`."""
+  if not cfg.init_from:
+    return nnx.split(MMfreeLM(model_cfg, nnx.Rngs(cfg.seed)), nnx.Param)
+  from mmfree.api import read_params  # the loader of run and Hugging Face directories
+
+  _, params = read_params(Path(cfg.init_from))
+  return nnx.split(checkpoint.build_model(model_cfg, params), nnx.Param)
+
+
+def _data_sharding():
+  """Batches split over a 1-D 'data' mesh of all devices; parameters are replicated."""
+  mesh = jax.make_mesh((jax.device_count(),), ("data",), (jax.sharding.AxisType.Auto,))
+  return NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
+
+
+def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data, tracker: Tracker) -> dict:
+  """Train into `run_dir`, resuming from its latest checkpoint; returns the final metrics."""
   run_dir = Path(run_dir)
-  tok, train_N, val_N, info = prepare_data(data_cfg)
-  model_cfg = model_cfg.replace(
-    vocab_size=tok.vocab_size, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id
-  )
-  checkpoint.write_config(
-    run_dir, model_cfg, train=dataclasses.asdict(cfg), data=info, python=info["corpus_meta"]
-  )
-  tok.save(run_dir)
-
-  model = MMfreeLM(model_cfg, nnx.Rngs(cfg.seed))
-  graphdef, params = nnx.split(model, nnx.Param)
+  if cfg.batch_size % (cfg.grad_accum * jax.device_count()):
+    raise ValueError(
+      f"train.batch_size={cfg.batch_size} must split over grad_accum={cfg.grad_accum} "
+      f"micro-batches and {jax.device_count()} devices"
+    )
   tx = optimizer(cfg)
+  graphdef, params = initial_params(model_cfg, cfg)
   opt_state = tx.init(params)
-  train_step, eval_loss = make_steps(graphdef, tx)
-  val_BxT1 = pipeline.eval_windows(val_N, cfg.seq_len, cfg.eval_windows)
-  batches = pipeline.batches(train_N, cfg.batch_size, cfg.seq_len, cfg.seed)
-  bpt = info["val_bytes_per_token"]
-
-  def evaluate():
-    losses = [float(eval_loss(params, val_BxT1[i : i + 16])) for i in range(0, len(val_BxT1), 16)]
-    loss = float(np.mean(losses))
-    return {"val_loss": loss, "val_ppl": math.exp(loss), "val_bpb": loss / math.log(2) / bpt}
-
-  writer = JsonlWriter(run_dir / "metrics.jsonl")
-  tokens_per_step = cfg.batch_size * cfg.seq_len
-  final = {}
-  t_last, steps_since = time.perf_counter(), 0
-  bar = tqdm(range(1, cfg.steps + 1), desc="train", unit="step", dynamic_ncols=True)
-  for step in bar:
-    batch = jnp.asarray(next(batches))
-    params, opt_state, loss, gnorm = train_step(params, opt_state, batch)
-    steps_since += 1
-    if step == 1:  # leave compilation out of tokens/s
-      jax.block_until_ready(loss)
-      t_last, steps_since = time.perf_counter(), 0
-    if step % cfg.log_every == 0 or step == cfg.steps:
+  start, final = 0, {}
+  with checkpoint.manager(run_dir, cfg.keep_checkpoints) as mgr:
+    if mgr.latest_step() is not None:
+      params, opt_state, start = checkpoint.restore_train_state(mgr, params, opt_state)
+      tracker.jsonl.truncate_after(start)  # rows past the checkpoint are replayed exactly
+      print(f"resuming {run_dir} from step {start}")
+    if start >= cfg.steps:
+      return {}
+    batch_sharding, replicated = _data_sharding()
+    params, opt_state = jax.device_put((params, opt_state), replicated)
+    train_step, eval_loss = make_steps(graphdef, tx, cfg.grad_accum)
+    val_NxT1 = pipeline.eval_windows(data.val_N, cfg.seq_len, cfg.eval_windows)
+    batches = pipeline.batches(data.train_N, cfg.batch_size, cfg.seq_len, cfg.seed, start)
+    bpt = data.info.get("val_bytes_per_token")
+    tokens_per_step = cfg.batch_size * cfg.seq_len
+    t_last, steps_since = time.perf_counter(), 0
+    bar = tqdm(range(start + 1, cfg.steps + 1), desc="train", unit="step", initial=start,
+               total=cfg.steps, dynamic_ncols=True)  # fmt: skip
+    for step in bar:
+      batch = jax.device_put(jnp.asarray(next(batches)), batch_sharding)
+      new_params, new_opt_state, loss, gnorm = train_step(params, opt_state, batch)
       loss = float(loss)
       if not math.isfinite(loss):
-        raise FloatingPointError(f"loss became {loss} at step {step}: lower train.lr?")
-      now = time.perf_counter()
-      tps = steps_since * tokens_per_step / (now - t_last)
-      t_last, steps_since = now, 0
-      writer.write(step, loss=loss, grad_norm=gnorm, tokens_per_s=tps)
-      bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
-      final.update(loss=loss, tokens_per_s=tps)
-    if step % cfg.eval_every == 0 or step == cfg.steps:
-      ev = evaluate()
-      writer.write(step, **ev)
-      bar.write(f"step {step}: val_loss {ev['val_loss']:.3f} (ppl {ev['val_ppl']:.1f})")
-      final.update(ev)
-  writer.close()
-  checkpoint.save_params(run_dir, cfg.steps, nnx.to_pure_dict(params))
-  return {**final, "unigram_entropy_nats": info["unigram_entropy_nats"]}
+        last = mgr.latest_step()
+        raise FloatingPointError(
+          f"loss became {loss} at step {step}; the last good checkpoint is step {last} in "
+          f"{run_dir / checkpoint.CHECKPOINTS}. Lower train.lr or raise train.warmup_steps."
+        )
+      params, opt_state = new_params, new_opt_state
+      steps_since += 1
+      if step == start + 1:  # leave compilation out of tokens/s
+        t_last, steps_since = time.perf_counter(), 0
+      if step % cfg.log_every == 0 or step == cfg.steps:
+        now = time.perf_counter()
+        tps = steps_since * tokens_per_step / max(now - t_last, 1e-9) if steps_since else None
+        t_last, steps_since = now, 0
+        tracker.log(step, loss=loss, grad_norm=float(gnorm), tokens_per_s=tps)
+        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps or 0:,.0f}")
+        final.update(loss=loss, tokens_per_s=tps)
+      if step % cfg.eval_every == 0 or step == cfg.steps:
+        ev = evaluate(eval_loss, params, val_NxT1, bpt)
+        tracker.log(step, **ev)
+        bar.write(f"step {step}: val_loss {ev['val_loss']:.3f} (ppl {ev['val_ppl']:.1f})")
+        final.update(ev)
+      if step % cfg.ckpt_every == 0 or step == cfg.steps:
+        if not all(jnp.isfinite(x).all() for x in jax.tree.leaves(params)):
+          raise FloatingPointError(
+            f"parameters became non-finite by step {step}; the last good checkpoint is step "
+            f"{mgr.latest_step()}. Lower train.lr or raise train.warmup_steps."
+          )
+        checkpoint.save_train_state(mgr, step, params, opt_state)
+    bar.close()
+  return final

@@ -18,6 +18,15 @@ class JsonlWriter:
     self._f.write(json.dumps(row) + "\n")
     self._f.flush()
 
+  def truncate_after(self, step: int):
+    """Drop rows logged after `step` (a resumed run logs them again) and a torn last line."""
+    self._f.close()
+    rows = [r for r in read_jsonl(self.path) if r["step"] <= step]
+    tmp = self.path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(self.path)
+    self._f = self.path.open("a")
+
   def close(self):
     self._f.close()
 
@@ -31,4 +40,10 @@ def read_jsonl(path: Path) -> list[dict]:
   path = Path(path)
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  rows = []
+  for line in path.read_text().splitlines():
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      continue  # a line torn by a kill mid-write
+  return rows

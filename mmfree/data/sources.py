@@ -1,0 +1,409 @@
+"""Data sources: documents or token files in, memory-mapped train and val token streams out.
+
+`load_data(DataConfig)` is the one entry point. Document sources (the embedded corpus, text
+files, JSONL, Hugging Face datasets) hold out val by a hash of each document's name, are
+tokenized once with bos/eos around each document, and are cached as `.npy` streams under
+`<cache>/tokens/<key>/`. The key covers the config, the source files' paths, sizes and mtimes
+(the corpus hash for the embedded one) and the tokenizer, so editing a file re-tokenizes. Token
+sources (1-D integer `.npy` files) are memory-mapped in place and hold out the last
+`val_fraction` of the stream: without document boundaries there is nothing to hash.
+
+Bits per byte: `info["val_bytes_per_token"]` is the UTF-8 bytes of the val documents over the
+val tokens, bos/eos included (the loss averages over them too), so
+bpb = loss_nats / ln 2 / val_bytes_per_token. Token sources have no bytes: it is None.
+"""
+
+import contextlib
+import dataclasses
+import glob
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import tokenizers
+from tqdm import tqdm
+
+from mmfree.data import readers
+from mmfree.data.corpus import embedded_corpus, held_out
+from mmfree.data.pipeline import tokenize_docs
+from mmfree.data.readers import field_error
+from mmfree.data.tokenizers import (
+  BYTE_FILE,
+  HF_FILE,
+  SP_FILE,
+  ByteTokenizer,
+  HFTokenizer,
+  SentencePieceTokenizer,
+  Tokenizer,
+  default_cache_dir,
+  load_tokenizer,
+  train_bpe,
+  unigram_entropy,
+)
+
+SOURCES = ("embedded", "text", "jsonl", "tokens", "hf")
+_CACHE_VERSION = 1  # bump when what a cache entry holds, or how it is made, changes
+_META = "meta.json"
+_ENCODE_DOCS = 1024  # documents per encode_batch: bounded memory and a moving progress bar
+_MIN_BPE_VOCAB = 258  # 256 bytes + <s> + </s>
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Where the tokens come from, how val is held out and how text becomes ids."""
+
+  source: str = "embedded"  # embedded | text | jsonl | tokens | hf
+  path: str = ""  # file, directory or glob (text/jsonl/tokens); dataset or builder name (hf)
+  val_path: str = ""  # val files like `path`, or (hf) a split name; else val_fraction holds out
+  text_field: str = "text"  # of JSONL objects and hf rows
+  hf_config: str = ""
+  hf_split: str = "train"
+  data_files: str = ""  # comma-separated local files for an hf builder ("json", "text"): offline
+  streaming: bool = False  # hf only, with max_docs
+  max_docs: int = 0  # documents read from each of path and val_path; 0 = all
+  val_fraction: float = 0.05
+  tokenizer: str = "bpe"  # byte | bpe | path to tokenizer.model, tokenizer.json or their dir;
+  # for token files "bpe" means ids only (no text to train on)
+  vocab_size: int = 4096  # of the bpe; the model's for token files without a tokenizer
+  seed: int = 0  # salts the hash that holds out text/jsonl/hf documents
+
+  def __post_init__(self):
+    src, doc_source = self.source, self.source in ("text", "jsonl", "hf")
+    bpe = self.tokenizer == "bpe" and src != "tokens"
+    min_vocab = _MIN_BPE_VOCAB if bpe else 1
+    checks = [
+      ("source", src not in SOURCES, f"expected one of {', '.join(SOURCES)}"),
+      ("path", src != "embedded" and not self.path, f"data.source={src!r} needs a path"),
+      ("path", src == "embedded" and self.path, "the embedded corpus has no path"),
+      ("val_path", src == "embedded" and self.val_path, "the embedded corpus has a fixed val"),
+      ("data_files", self.data_files and src != "hf", "applies to data.source='hf' only"),
+      ("streaming", self.streaming and src != "hf", "applies to data.source='hf' only"),
+      ("max_docs", self.max_docs and not doc_source, "applies to text, jsonl and hf sources"),
+      ("max_docs", self.max_docs < 0, "expected 0 (all) or a positive count"),
+      ("max_docs", self.streaming and not self.max_docs, "streaming needs a limit (> 0)"),
+      ("seed", self.seed and not doc_source, "the split of this source is fixed"),
+      ("val_fraction", not 0 <= self.val_fraction <= 0.5, "expected a fraction in [0, 0.5]"),
+      ("val_fraction", self.val_fraction == 0 and not self.val_path, "holds out nothing: no val"),
+      ("text_field", not self.text_field, "expected a field name"),
+      ("tokenizer", not self.tokenizer, "expected byte, bpe or a path"),
+      ("vocab_size", self.vocab_size < min_vocab, f"expected >= {min_vocab}" + " (bpe)" * bpe),
+    ]
+    for field, bad, why in checks:
+      if bad:
+        raise field_error(field, getattr(self, field), why)
+
+
+@dataclasses.dataclass
+class Data:
+  """Token streams (memory-mapped), their tokenizer (None for bare ids) and what to record."""
+
+  tokenizer: Tokenizer | None
+  train_N: np.ndarray  # noqa: N815 (shape suffix, the house style)
+  val_N: np.ndarray  # noqa: N815
+  vocab_size: int
+  info: dict
+
+
+# Documents.
+
+
+def _data_files(cfg: DataConfig) -> list[str]:
+  return [f.strip() for f in cfg.data_files.split(",") if f.strip()]
+
+
+def _read(cfg: DataConfig, spec: str, field: str) -> Iterator[tuple[str, str]]:
+  """(name, text) of the documents `spec` names, at most max_docs of them, empty ones dropped."""
+  if cfg.source == "text":
+    docs = readers.text_docs(spec, field)
+  elif cfg.source == "jsonl":
+    docs = readers.jsonl_docs(spec, field, cfg.text_field)
+  else:
+    split = cfg.hf_split if field == "path" else spec
+    docs = readers.hf_docs(
+      cfg.path, cfg.hf_config, split, _data_files(cfg), cfg.streaming, cfg.text_field
+    )
+  return ((n, t) for n, t in itertools.islice(docs, cfg.max_docs or None) if t)
+
+
+def documents(cfg: DataConfig) -> tuple[list[str], list[str], dict]:
+  """Train and val documents, and what to record about where they came from."""
+  if cfg.source == "tokens":
+    raise field_error("source", "tokens", "token files hold ids, not documents; use a text source")
+  if cfg.source == "embedded":
+    corpus = embedded_corpus(cfg.val_fraction)
+    return corpus.train, corpus.val, {"corpus_meta": corpus.meta}
+  if cfg.val_path:
+    train = [t for _, t in _read(cfg, cfg.path, "path")]
+    val = [t for _, t in _read(cfg, cfg.val_path, "val_path")]
+  else:
+    train, val = [], []
+    for name, text in _read(cfg, cfg.path, "path"):
+      # The seed salts the hash; seed 0 hashes the bare name, like the embedded corpus.
+      is_val = held_out(f"{cfg.seed}/{name}" if cfg.seed else name, cfg.val_fraction)
+      (val if is_val else train).append(text)
+  for split, docs in (("train", train), ("val", val)):
+    if not docs:
+      raise ValueError(
+        f"{cfg.source} source {cfg.path!r}: no {split} documents "
+        f"({len(train) + len(val)} read, data.val_fraction={cfg.val_fraction}); "
+        "use more documents, another data.val_fraction or data.val_path"
+      )
+  return train, val, {}
+
+
+# Tokenizers.
+
+
+def _tokenizer_path(cfg: DataConfig) -> Path:
+  p = Path(cfg.tokenizer).expanduser()
+  if not p.exists():
+    raise field_error(
+      "tokenizer",
+      cfg.tokenizer,
+      f"expected byte, bpe or a path to {SP_FILE}, {HF_FILE} or a directory holding one; "
+      "no such file or directory",
+    )
+  return p
+
+
+def _tokenizer_id(cfg: DataConfig) -> str:
+  """The tokenizer's part of a cache key: its kind, or a hash of its files."""
+  if cfg.tokenizer == "byte":
+    return "byte"
+  if cfg.tokenizer == "bpe":  # trained on train docs, which the rest of the key pins down
+    return f"bpe/{cfg.vocab_size}/tokenizers-{tokenizers.__version__}"
+  p = _tokenizer_path(cfg)
+  files = [p / n for n in (SP_FILE, HF_FILE, BYTE_FILE) if (p / n).is_file()] if p.is_dir() else [p]
+  h = hashlib.sha256()
+  for f in files:
+    h.update(f.name.encode() + b"\x00" + f.read_bytes())
+  return h.hexdigest()
+
+
+def resolve_tokenizer(
+  cfg: DataConfig, train_docs: Sequence[str], cache_dir: Path | None = None
+) -> Tokenizer | None:
+  """The tokenizer `cfg.tokenizer` names; "bpe" is trained on `train_docs` (cached in cache_dir).
+
+  None for token files without a tokenizer: their ids are all there is.
+  """
+  if cfg.tokenizer == "byte":
+    return ByteTokenizer()
+  if cfg.tokenizer == "bpe":
+    if cfg.source == "tokens":
+      return None
+    return train_bpe(train_docs, cfg.vocab_size, cache_dir or default_cache_dir())
+  p = _tokenizer_path(cfg)
+  if p.is_dir():
+    if (tok := load_tokenizer(p)) is None:
+      raise field_error(
+        "tokenizer", cfg.tokenizer, f"directory holds no {SP_FILE}, {HF_FILE} or {BYTE_FILE}"
+      )
+    return tok
+  if p.suffix == ".model":
+    return SentencePieceTokenizer.from_file(p)
+  if p.suffix == ".json":
+    return HFTokenizer.from_file(p)
+  raise field_error(
+    "tokenizer", cfg.tokenizer, "expected a SentencePiece .model or a tokenizers .json file"
+  )
+
+
+# Token streams.
+
+
+def _tokenize(docs: list[str], tok: Tokenizer, split: str) -> list[np.ndarray]:
+  parts = []
+  with tqdm(
+    total=len(docs), desc=f"tokenize {split}", unit="doc", disable=len(docs) < 10 * _ENCODE_DOCS
+  ) as bar:
+    for i in range(0, len(docs), _ENCODE_DOCS):
+      chunk = docs[i : i + _ENCODE_DOCS]
+      bos, eos = tok.bos_id is not None, tok.eos_id is not None
+      parts.append(tokenize_docs(chunk, tok, add_bos=bos, add_eos=eos))
+      bar.update(len(chunk))
+  return parts
+
+
+def _save_stream(parts: Sequence[np.ndarray], path: Path) -> int:
+  """Parts written one after another as one 1-D `.npy`, never concatenated in memory."""
+  n = sum(p.size for p in parts)
+  out_N = np.lib.format.open_memmap(path, mode="w+", dtype=np.result_type(*parts), shape=(n,))
+  start = 0
+  for p in parts:
+    out_N[start : start + p.size] = p
+    start += p.size
+  out_N.flush()
+  return n
+
+
+def _token_stream(spec: str, field: str, vocab_size: int, out: Path) -> list:
+  """The token files `spec` names, checked, as one stream: [its .npy file, start, stop].
+
+  One file is used in place; several are copied one after another into `out`.
+  """
+  _, files = readers.find_files(spec, field, readers.SUFFIXES["tokens"])
+  arrays = [readers.token_ids(f, vocab_size) for f in files]
+  if len(files) == 1:
+    return [str(files[0].resolve()), 0, arrays[0].size]
+  return [out.name, 0, _save_stream(arrays, out)]
+
+
+def _build_tokens(cfg: DataConfig, root: Path, tmp: Path) -> tuple[Tokenizer | None, dict, dict]:
+  tok = resolve_tokenizer(cfg, [], root / "tokenizers")
+  vocab_size = tok.vocab_size if tok else cfg.vocab_size
+  train = _token_stream(cfg.path, "path", vocab_size, tmp / "train.npy")
+  if cfg.val_path:
+    streams = {
+      "train": train,
+      "val": _token_stream(cfg.val_path, "val_path", vocab_size, tmp / "val.npy"),
+    }
+  else:
+    file, _, n = train
+    n_val = round(n * cfg.val_fraction)
+    if not 0 < n_val < n:
+      why = f"holds out {n_val} of the {n} tokens of {cfg.path}"
+      raise field_error("val_fraction", cfg.val_fraction, why)
+    streams = {"train": [file, 0, n - n_val], "val": [file, n - n_val, n]}
+  return tok, streams, {"documents": None, "val_bytes_per_token": None}
+
+
+def _build_docs(cfg: DataConfig, root: Path, tmp: Path) -> tuple[Tokenizer, dict, dict]:
+  train, val, info = documents(cfg)
+  tok = resolve_tokenizer(cfg, train, root / "tokenizers")
+  streams = {}
+  for split, docs in (("train", train), ("val", val)):
+    n = _save_stream(_tokenize(docs, tok, split), tmp / f"{split}.npy")
+    streams[split] = [f"{split}.npy", 0, n]
+  val_bytes = sum(len(d.encode()) for d in val)
+  info |= {
+    "documents": {"train": len(train), "val": len(val)},
+    "val_bytes_per_token": val_bytes / streams["val"][2],
+  }
+  return tok, streams, info
+
+
+# The entry points.
+
+
+def _stat(f: Path) -> list:
+  st = f.stat()
+  return [str(f.resolve()), st.st_size, st.st_mtime_ns]
+
+
+def _inputs(cfg: DataConfig) -> list:
+  """What the source reads, cheaply: paths, sizes and mtimes (the corpus hash if embedded).
+
+  A Hub dataset is known by its name, config and split only: clear the cache for a new revision.
+  """
+  if cfg.source == "embedded":
+    return [embedded_corpus(cfg.val_fraction).meta["sha256"]]
+  if cfg.source == "hf":
+    matches = [sorted(glob.glob(os.path.expanduser(f))) or [f] for f in _data_files(cfg)]
+    return [_stat(Path(m)) if Path(m).is_file() else m for ms in matches for m in ms]
+  specs = [(cfg.path, "path")] + [(cfg.val_path, "val_path")] * bool(cfg.val_path)
+  return [
+    _stat(f)
+    for spec, field in specs
+    for f in readers.find_files(spec, field, readers.SUFFIXES[cfg.source])[1]
+  ]
+
+
+def _cache_key(cfg: DataConfig) -> str:
+  key = {
+    "version": _CACHE_VERSION,
+    "config": dataclasses.asdict(cfg),
+    "inputs": _inputs(cfg),
+    "tokenizer": _tokenizer_id(cfg),
+  }
+  return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _describe(cfg: DataConfig) -> str:
+  if cfg.source == "embedded":
+    return "embedded corpus (Python docs and docstrings)"
+  where = (
+    f"{cfg.path} [{cfg.hf_config or 'default'}/{cfg.hf_split}]" if cfg.source == "hf" else cfg.path
+  )
+  val = f"val {cfg.val_path}" if cfg.val_path else f"val_fraction {cfg.val_fraction}"
+  return f"{cfg.source} {where}, {val}"
+
+
+@contextlib.contextmanager
+def _fresh_dir(path: Path) -> Iterator[Path]:
+  """A temporary directory that becomes `path` on success: nobody sees half a cache entry."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
+  try:
+    yield tmp
+    try:
+      os.rename(tmp, path)
+    except OSError:
+      if not (path / _META).is_file():
+        raise
+      # Another process finished the same entry first; theirs is as good as ours.
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _stream(entry: Path, where: list) -> np.ndarray:
+  file, start, stop = where
+  return np.load(entry / file, mmap_mode="r")[start:stop]  # an absolute file ignores entry
+
+
+def _open(entry: Path) -> Data:
+  meta = json.loads((entry / _META).read_text())
+  info = meta["info"]
+  return Data(
+    tokenizer=load_tokenizer(entry),
+    train_N=_stream(entry, meta["streams"]["train"]),
+    val_N=_stream(entry, meta["streams"]["val"]),
+    vocab_size=info["vocab_size"],
+    info=info,
+  )
+
+
+def load_data(cfg: DataConfig, cache_dir: Path | None = None) -> Data:
+  """Memory-mapped train and val streams of `cfg`, built once into `cache_dir`/tokens.
+
+  `cache_dir` defaults to `$MMFREE_CACHE`, else ~/.cache/mmfree; trained BPEs go to its
+  `tokenizers/`.
+  """
+  root = Path(cache_dir) if cache_dir else default_cache_dir().parent
+  entry = root / "tokens" / _cache_key(cfg)
+  if not (entry / _META).is_file():
+    with _fresh_dir(entry) as tmp:
+      build = _build_tokens if cfg.source == "tokens" else _build_docs
+      tok, streams, info = build(cfg, root, tmp)
+      vocab_size = tok.vocab_size if tok else cfg.vocab_size
+      train_N = _stream(tmp, streams["train"])
+      info = {
+        "config": dataclasses.asdict(cfg),
+        "description": _describe(cfg),
+        **info,
+        "vocab_size": vocab_size,
+        "train_tokens": int(train_N.size),
+        "val_tokens": int(streams["val"][2] - streams["val"][1]),
+        "unigram_entropy_nats": unigram_entropy(train_N, vocab_size),
+      }
+      del train_N  # the memmap holds the file open
+      if tok is not None:
+        tok.save(tmp)
+      (tmp / _META).write_text(json.dumps({"streams": streams, "info": info}, indent=2) + "\n")
+  return _open(entry)
+
+
+def train_tokenizer(cfg: DataConfig, vocab_size: int, out_dir: Path) -> Tokenizer:
+  """A byte-level BPE trained on the train documents of `cfg`, saved as out_dir/tokenizer.json."""
+  if vocab_size < _MIN_BPE_VOCAB:
+    raise ValueError(f"vocab_size={vocab_size}: a byte-level BPE needs >= {_MIN_BPE_VOCAB}")
+  train, _, _ = documents(cfg)
+  tok = train_bpe(train, vocab_size)
+  tok.save(Path(out_dir))
+  return tok

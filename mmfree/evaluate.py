@@ -1,0 +1,51 @@
+"""`mmfree eval`: loss, perplexity and bits per byte of a model on a data source's held-out text.
+
+Bits per byte divide by the UTF-8 bytes of the text, so models with different tokenizers compare.
+"""
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from mmfree.data import pipeline
+from mmfree.data.sources import DataConfig, load_data
+
+
+def evaluate_model(
+  model_dir: Path,
+  data_cfg: DataConfig,
+  seq_len: int,
+  precision: str | None = None,
+  max_windows: int = 512,
+  batch: int = 8,
+) -> dict:
+  """Mean next-token loss over up to `max_windows` held-out windows of `seq_len` tokens."""
+  from mmfree.api import load
+
+  lm = load(model_dir, precision)
+  if lm.tokenizer is not None:  # the model's own tokenizer, never a freshly trained one
+    data_cfg = dataclasses.replace(data_cfg, tokenizer=str(model_dir))
+  data = load_data(data_cfg)
+  if data.vocab_size > lm.config.vocab_size:
+    raise ValueError(
+      f"the data has token ids up to {data.vocab_size - 1} but the model's vocabulary is "
+      f"{lm.config.vocab_size}: pass the model's tokenizer (data.tokenizer)"
+    )
+  windows_NxT1 = pipeline.eval_windows(data.val_N, seq_len, max_windows)
+  nll = np.concatenate([
+    lm.token_nll(windows_NxT1[i : i + batch]).ravel()
+    for i in tqdm(range(0, len(windows_NxT1), batch), desc="eval", unit="batch", leave=False)
+  ])  # fmt: skip
+  loss = float(nll.mean())
+  bpt = data.info.get("val_bytes_per_token")
+  return {
+    "loss": loss,
+    "ppl": math.exp(min(loss, 700)),
+    "bpb": loss / math.log(2) / bpt if bpt else None,
+    "tokens": int(nll.size),
+    "seq_len": seq_len,
+    "precision": lm.config.precision,
+  }

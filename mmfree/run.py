@@ -1,0 +1,115 @@
+"""`mmfree run`: an experiment's stages in order, each skipped when its outputs are complete.
+
+The run directory is the unit of work: `config.json` (the resolved config), `status.json`,
+`metrics.jsonl`, `checkpoints/`, `eval.json`. Rerunning the same command resumes.
+"""
+
+import datetime
+import json
+import traceback
+from pathlib import Path
+
+from mmfree import configs
+from mmfree.configs import Experiment
+from mmfree.data.sources import load_data
+from mmfree.train import checkpoint
+from mmfree.train.tracking import Tracker
+
+STATUS = "status.json"
+EVAL = "eval.json"
+
+
+def write_json(path: Path, obj: dict):
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(obj, indent=2) + "\n")
+  tmp.replace(path)
+
+
+def set_status(run_dir: Path, status: str, stage: str = "", error: str | None = None):
+  now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+  write_json(run_dir / STATUS, {"status": status, "stage": stage, "error": error, "updated": now})
+
+
+def _check_same_experiment(run_dir: Path, exp: Experiment):
+  path = run_dir / checkpoint.CONFIG
+  if not path.exists():
+    return
+  saved = json.loads(path.read_text())
+  wanted = exp.to_dict()
+  changed = configs.differences({k: saved.get(k) for k in wanted}, wanted)
+  changed = [k for k in changed if not k.startswith(("experiment.", "tracking."))]
+  if changed:
+    raise ValueError(
+      f"{run_dir} holds a run with a different config ({', '.join(changed)}); "
+      "use a new --workdir, or delete the directory to start over"
+    )
+
+
+def model_config(exp: Experiment, vocab_size: int, tokenizer):
+  """The model to train: the experiment's, or init_from's architecture, sized to the data."""
+  if exp.train.init_from:
+    from mmfree.api import read_config_of
+
+    src = read_config_of(Path(exp.train.init_from))
+    cfg = src.replace(precision=exp.model.precision, scan=exp.model.scan)
+    if vocab_size > cfg.vocab_size:
+      raise ValueError(
+        f"the data's tokenizer has {vocab_size} ids but {exp.train.init_from} has a vocabulary "
+        f"of {cfg.vocab_size}: set data.tokenizer to the checkpoint's tokenizer"
+      )
+    return cfg
+  bos = getattr(tokenizer, "bos_id", None)
+  eos = getattr(tokenizer, "eos_id", None)
+  return exp.model.replace(vocab_size=vocab_size, bos_token_id=bos, eos_token_id=eos)
+
+
+def stage_train(exp: Experiment, run_dir: Path):
+  from mmfree.train import loop
+
+  with checkpoint.manager(run_dir) as mgr:
+    if (mgr.latest_step() or 0) >= exp.train.steps:
+      return
+  data = load_data(exp.data)
+  model_cfg = model_config(exp, data.vocab_size, data.tokenizer)
+  resolved = {**exp.to_dict(), "model": model_cfg.to_dict(), "data_info": data.info}
+  write_json(run_dir / checkpoint.CONFIG, resolved)
+  if data.tokenizer is not None:
+    data.tokenizer.save(run_dir)
+  tracker = Tracker(run_dir, exp.tracking, resolved)
+  try:
+    loop.train(run_dir, model_cfg, exp.train, data, tracker)
+  finally:
+    tracker.close()
+
+
+def stage_eval(exp: Experiment, run_dir: Path):
+  from mmfree.evaluate import evaluate_model
+
+  if (run_dir / EVAL).exists():
+    return
+  result = evaluate_model(run_dir, exp.data, exp.train.seq_len)
+  write_json(run_dir / EVAL, result)
+  print("eval: " + ", ".join(f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float)))
+
+
+STAGES = {"train": stage_train, "eval": stage_eval}
+
+
+def run_experiment(exp: Experiment, run_dir: Path, stages: tuple[str, ...] | None = None):
+  """Run `stages` (default: the experiment's) in order; status.json says where it got to."""
+  run_dir = Path(run_dir)
+  run_dir.mkdir(parents=True, exist_ok=True)
+  _check_same_experiment(run_dir, exp)
+  if not (run_dir / checkpoint.CONFIG).exists():
+    write_json(run_dir / checkpoint.CONFIG, exp.to_dict())
+  stage = ""
+  try:
+    for stage in stages or exp.stages:
+      set_status(run_dir, "running", stage)
+      STAGES[stage](exp, run_dir)
+  except BaseException as e:
+    set_status(run_dir, "failed", stage, f"{type(e).__name__}: {e}")
+    if not isinstance(e, (ValueError, FileNotFoundError, FloatingPointError, KeyboardInterrupt)):
+      traceback.print_exc()
+    raise
+  set_status(run_dir, "done", stage)
