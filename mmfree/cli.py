@@ -71,8 +71,8 @@ def cmd_generate(args, extra):
     on_token=on_token,
   )  # fmt: skip
   dt = time.perf_counter() - t0
-  print(f"\n[{len(new)} tokens in {dt:.2f}s: {len(new) / dt:.1f} tokens/s incl. prompt and compile]",
-        file=sys.stderr)  # fmt: skip
+  rate = f"{len(new) / dt:.1f} tokens/s incl. prompt and compile"
+  print(f"\n[{len(new)} tokens in {dt:.2f}s: {rate}]", file=sys.stderr)
 
 
 def cmd_import_hf(args, extra):

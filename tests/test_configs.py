@@ -1,4 +1,4 @@
-"""Experiment configs: loading, overrides, validation, sweep helpers, every experiment's smoke run."""
+"""Experiment configs: loading, overrides, validation, sweep helpers."""
 
 from pathlib import Path
 

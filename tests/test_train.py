@@ -49,7 +49,7 @@ def test_trained_run_loads_and_generates(run_dir, capsys):
   assert lm.tokenizer is not None and lm.config.vocab_size == 258
   ids = lm.tokenizer.encode("The ")
   new = lm.generate(ids, 10, temperature=0, stop_at_eos=False)
-  assert new.shape == (10,) and np.all((0 <= new) & (new < 258))
+  assert new.shape == (10,) and np.all((new >= 0) & (new < 258))
   main(["generate", str(run_dir), "--prompt", "The ", "--max-new-tokens", "8", "--seed", "1"])
   out, err = capsys.readouterr()
   assert out.startswith("The ") and "tokens/s" in err
