@@ -51,7 +51,9 @@ def model_config(exp: Experiment, vocab_size: int, tokenizer):
     from mmfree.api import read_config_of
 
     src = read_config_of(Path(exp.train.init_from))
-    cfg = src.replace(precision=exp.model.precision, scan=exp.model.scan)
+    cfg = src.replace(
+      precision=exp.model.precision, scan=exp.model.scan, matmul_dtype=exp.model.matmul_dtype
+    )
     if vocab_size > cfg.vocab_size:
       raise ValueError(
         f"the data's tokenizer has {vocab_size} ids but {exp.train.init_from} has a vocabulary "

@@ -163,3 +163,15 @@ def test_bad_config_is_refused():
 def test_package_import_does_not_load_jax():
   code = "import sys, mmfree; assert 'jax' not in sys.modules, 'jax imported'"
   subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bfloat16_matmuls_are_exact_at_bitnet():
+  cfg = preset("tiny")
+  tokens = jax.random.randint(jax.random.key(9), (2, 12), 0, cfg.vocab_size)
+  a = MMfreeLM(cfg, nnx.Rngs(0))(tokens)[0]
+  b = MMfreeLM(cfg.replace(matmul_dtype="bfloat16"), nnx.Rngs(0))(tokens)[0]
+  np.testing.assert_array_equal(a, b)  # integer operands: bf16 loses nothing
+  f32 = MMfreeLM(cfg.replace(precision="float"), nnx.Rngs(0))(tokens)[0]
+  bf16 = MMfreeLM(cfg.replace(precision="float", matmul_dtype="bfloat16"), nnx.Rngs(0))(tokens)[0]
+  assert not np.array_equal(f32, bf16)
+  np.testing.assert_allclose(f32, bf16, atol=0.05)

@@ -7,6 +7,7 @@ from typing import Literal
 Precision = Literal["float", "bitnet"]
 PRECISIONS = ("float", "bitnet")
 SCANS = ("associative", "sequential")
+MATMUL_DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,10 +28,15 @@ class ModelConfig:
   initializer_range: float = 0.02
   precision: Precision = "bitnet"
   scan: str = "associative"  # how training and prefill run the recurrence over time
+  # Operand dtype of the BitLinear matmuls (accumulation is always float32). At `bitnet` the
+  # operands are small integers, exact in bfloat16, so bfloat16 changes speed, not results.
+  matmul_dtype: str = "float32"
 
   def __post_init__(self):
     if self.precision not in PRECISIONS:
       raise ValueError(f"model.precision={self.precision!r}: expected one of {PRECISIONS}")
+    if self.matmul_dtype not in MATMUL_DTYPES:
+      raise ValueError(f"model.matmul_dtype={self.matmul_dtype!r}: expected one of {MATMUL_DTYPES}")
     if self.scan not in SCANS:
       raise ValueError(f"model.scan={self.scan!r}: expected one of {SCANS}")
     for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_heads", "expand_ratio"):

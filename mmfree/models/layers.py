@@ -31,10 +31,21 @@ class BitLinear(nnx.Module):
   beside it, so inference quantizes weights once instead of on every call.
   """
 
-  def __init__(self, din: int, dout: int, *, eps: float, precision: str, init, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    din: int,
+    dout: int,
+    *,
+    eps: float,
+    precision: str,
+    init,
+    rngs: nnx.Rngs,
+    matmul_dtype: str = "float32",
+  ):
     self.kernel = nnx.Param(init(rngs.params(), (din, dout), jnp.float32))
     self.norm = RMSNorm(din, eps)
     self.precision = precision
+    self.matmul_dtype = matmul_dtype
     self.beta: Frozen | None = None
 
   def quantized_weight(self):
@@ -55,8 +66,12 @@ class BitLinear(nnx.Module):
     if self.precision == "float":
       if self.beta is not None:
         raise ValueError("a frozen BitLinear holds ternary weights: it cannot run at `float`")
-      return x_BxTxI @ self.kernel[...]
+      return self._matmul(x_BxTxI, self.kernel[...])
     x_q, s_BxTx1 = bitnet.act_quant_int8(x_BxTxI)
     w_q, beta = self.quantized_weight()
     # Integer-valued operands: the float32 accumulate is exact while |sum| < 2^24.
-    return (x_q @ w_q) * (beta / s_BxTx1)
+    return self._matmul(x_q, w_q) * (beta / s_BxTx1)
+
+  def _matmul(self, x_BxTxI, w_IxO):
+    dt = jnp.dtype(self.matmul_dtype)
+    return jnp.matmul(x_BxTxI.astype(dt), w_IxO.astype(dt), preferred_element_type=jnp.float32)

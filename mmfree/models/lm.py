@@ -17,7 +17,9 @@ class GLU(nnx.Module):
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     H, I = cfg.hidden_size, cfg.mlp_size
     std = cfg.initializer_range
-    kw = dict(eps=cfg.rms_norm_eps, precision=cfg.precision, rngs=rngs)
+    kw = dict(
+      eps=cfg.rms_norm_eps, precision=cfg.precision, matmul_dtype=cfg.matmul_dtype, rngs=rngs
+    )
     self.gate_proj = BitLinear(H, 2 * I, init=jax.nn.initializers.normal(std), **kw)
     down_init = jax.nn.initializers.normal(std / math.sqrt(2 * cfg.num_hidden_layers))
     self.down_proj = BitLinear(I, H, init=down_init, **kw)
@@ -67,6 +69,7 @@ class MMfreeLM(nnx.Module):
       precision=cfg.precision,
       init=jax.nn.initializers.normal(cfg.initializer_range),
       rngs=rngs,
+      matmul_dtype=cfg.matmul_dtype,
     )
 
   def init_state(self, batch_size: int):

@@ -53,7 +53,9 @@ class MLGRU(nnx.Module):
     o_init = jax.nn.initializers.normal(
       cfg.initializer_range / math.sqrt(2 * cfg.num_hidden_layers)
     )
-    kw = dict(eps=cfg.rms_norm_eps, precision=cfg.precision, rngs=rngs)
+    kw = dict(
+      eps=cfg.rms_norm_eps, precision=cfg.precision, matmul_dtype=cfg.matmul_dtype, rngs=rngs
+    )
     self.i_proj = BitLinear(H, D, init=gate_init, **kw)
     self.f_proj = BitLinear(H, D, init=gate_init, **kw)
     self.g_proj = BitLinear(H, D, init=gate_init, **kw)

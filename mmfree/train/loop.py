@@ -100,7 +100,7 @@ def make_steps(graphdef, tx, grad_accum: int = 1):
     else:
       loss, grads = accumulated(params, batch_BxT1)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss, optax.global_norm(grads)
+    return optax.apply_updates(params, updates), opt_state, loss, optax.tree.norm(grads)
 
   return train_step, jax.jit(loss_fn)
 
