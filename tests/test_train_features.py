@@ -1,4 +1,4 @@
-"""Training options: gradient accumulation, fine-tuning with init_from, wandb offline, eval, tokenizer."""
+"""Training options: gradient accumulation, init_from, wandb offline, eval, tokenizer training."""
 
 import json
 from pathlib import Path
