@@ -4,9 +4,10 @@
   uv run mmfree run experiments/tiny.py:smoke --workdir /tmp/smoke   # seconds: a pipeline check
 
 Shows that the MatMul-free LM (`bitnet` precision: ternary weights, int8 activations) learns
-English-like text from the prose that ships with Python. Expected (300 steps, 2-core CPU,
-~2,200 tokens/s): validation loss from ln(4096) ≈ 8.3 down to ≈ 5.0 nats/token (perplexity
-≈ 150, ≈ 2.1 bits per byte), against a unigram entropy of ≈ 6.6 nats/token.
+English-like text from the prose that ships with Python. Measured (300 steps of 16 × 128
+tokens, 2-core CPU, ≈ 2,600 tokens/s, ≈ 4 min of training): validation loss from ln(4096) ≈ 8.3
+to 5.92 (step 100), 5.33 (200), 5.09 (300) nats/token — perplexity 162, 2.08 bits per byte —
+against a unigram entropy of 6.61 nats/token.
 """
 
 from mmfree import configs
