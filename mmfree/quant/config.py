@@ -1,0 +1,116 @@
+"""`QuantConfig`: every hardware quantization point of the `hw` precision level, and how.
+
+Spec: shared/spec/quantization.md. Flat fields so that sweeps override them one at a time
+(`quant.act_bits=6`, `quant.disabled=('h',)`, `quant.bits=('h=24',)`).
+"""
+
+import dataclasses
+
+# The quantization points, by where they sit (spec: "Quantization points").
+POINTS = {
+  "block": ("block_in", "attn_norm", "attn_out", "mlp_norm", "mlp_out", "residual"),
+  "model": ("final_norm",),
+  "mlgru": ("f_sigma", "f_lb", "c", "h", "g_norm", "silu_h", "gated"),
+  "glu": ("glu_gate", "glu_up", "glu_silu", "glu_prod"),
+  "rmsnorm": ("rms_ms", "rms_inv", "rms_out"),
+  "bitlinear": ("bitlinear_in", "bitlinear_acc"),
+}
+ALL_POINTS = tuple(p for group in POINTS.values() for p in group)
+SCALES = ("pow2", "free")
+POW2_MODES = ("ceil", "nearest")
+ROUNDINGS = ("half_even", "floor")
+BITLINEAR_INPUTS = ("per_token", "static")
+OBSERVERS = ("minmax", "ema", "percentile")
+RMSNORMS = ("int", "float")
+NONLINEARITIES = ("silu", "relu")
+MAX_BITS = 24  # graded spikes carry up to 24 bits (spec: loihi2.md)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantConfig:
+  """How the `hw` level quantizes; `bits` and `disabled` refine single points."""
+
+  act_bits: int = 8  # activations passed between operations
+  state_bits: int = 16  # the MLGRU state h, held by a neuron between timesteps
+  acc_bits: int = 24  # BitLinear accumulators before rescale
+  scale: str = "pow2"  # pow2 (a shift: what the chip does) | free (any real scale)
+  pow2_mode: str = "ceil"  # ceil never clips the calibrated range; nearest may
+  rounding: str = "half_even"  # half_even | floor (an arithmetic right shift)
+  bitlinear_input: str = "per_token"  # the published dynamic absmax | static (calibrated)
+  observer: str = "minmax"  # minmax | ema (moving average of batch ranges) | percentile
+  ema_decay: float = 0.9
+  percentile: float = 99.99
+  lut_size: int = 8  # σ/SiLU table entries over [0, lut_x_max)
+  lut_x_max: float = 8.0
+  lut_in_frac: int = 6  # Q-format of the table's input
+  lut_out_frac: int = 8  # and of its output
+  rmsnorm: str = "int"  # int (integer inverse sqrt) | float
+  rsqrt_frac: int = 12  # fraction bits of the inverse square root (Lava's InvSqrt: 12)
+  nonlinearity: str = "silu"  # silu | relu (relufication: sparser activity)
+  bits: tuple[str, ...] = ()  # per-point widths, e.g. ("h=24", "c=12")
+  disabled: tuple[str, ...] = ()  # points left unquantized
+
+  def __post_init__(self):
+    choices = {
+      "scale": SCALES,
+      "pow2_mode": POW2_MODES,
+      "rounding": ROUNDINGS,
+      "bitlinear_input": BITLINEAR_INPUTS,
+      "observer": OBSERVERS,
+      "rmsnorm": RMSNORMS,
+      "nonlinearity": NONLINEARITIES,
+    }
+    for name, valid in choices.items():
+      if getattr(self, name) not in valid:
+        raise ValueError(f"quant.{name}={getattr(self, name)!r}: expected one of {valid}")
+    for name in ("act_bits", "state_bits", "acc_bits"):
+      _check_bits(f"quant.{name}", getattr(self, name))
+    unknown = [p for p in self.disabled if p not in ALL_POINTS]
+    if unknown:
+      raise ValueError(f"quant.disabled: unknown points {unknown}; valid: {list(ALL_POINTS)}")
+    for name, b in self.point_bits.items():
+      _check_bits(f"quant.bits[{name}]", b)
+    if not 0 < self.ema_decay < 1:
+      raise ValueError(f"quant.ema_decay={self.ema_decay}: must lie in (0, 1)")
+    if not 50 < self.percentile <= 100:
+      raise ValueError(f"quant.percentile={self.percentile}: must lie in (50, 100]")
+    if self.lut_size < 2 or self.lut_x_max <= 0:
+      raise ValueError(f"quant.lut_size={self.lut_size}, lut_x_max={self.lut_x_max}: too small")
+
+  @property
+  def point_bits(self) -> dict[str, int]:
+    """The explicit per-point widths of `bits`."""
+    out = {}
+    for item in self.bits:
+      name, sep, value = item.partition("=")
+      if not sep or name not in ALL_POINTS or not value.lstrip("-").isdigit():
+        raise ValueError(
+          f"quant.bits entry {item!r}: expected 'point=bits' with a point of {list(ALL_POINTS)}"
+        )
+      out[name] = int(value)
+    return out
+
+  def enabled(self, point: str) -> bool:
+    return point not in self.disabled
+
+  def bits_of(self, point: str) -> int:
+    """The width of `point`: its own, else the state's (h), accumulator's or activations'."""
+    explicit = self.point_bits
+    if point in explicit:
+      return explicit[point]
+    if point == "h":
+      return self.state_bits
+    if point in ("bitlinear_acc", "rms_ms"):
+      return self.acc_bits
+    return self.act_bits
+
+  def replace(self, **kw) -> "QuantConfig":
+    return dataclasses.replace(self, **kw)
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+def _check_bits(name: str, bits: int):
+  if not 2 <= bits <= MAX_BITS:
+    raise ValueError(f"{name}={bits}: must lie in [2, {MAX_BITS}] (graded spikes carry ≤ 24 bits)")
