@@ -88,7 +88,7 @@ def test_bit_length():
 
 # --- float quantizers ----------------------------------------------------------------------------
 
-FLOATS = st.floats(-1e4, 1e4, allow_nan=False, width=32)
+FLOATS = st.floats(-1e4, 1e4, width=32).filter(lambda v: abs(v) >= 2**-100 or v == 0)  # ldexp exact
 
 
 @given(
@@ -96,11 +96,13 @@ FLOATS = st.floats(-1e4, 1e4, allow_nan=False, width=32)
 )
 def test_quantize_round_trip(x, exp, bits):
   q = fixed.quantize(x, exp, bits)
-  _, hi = fixed.int_range(bits)
-  inside = np.abs(x.astype(np.float64) * 2.0**-exp) <= hi
+  lo, hi = fixed.int_range(bits)
+  u = x.astype(np.float64) * 2.0**-exp
+  inside = (u >= lo) & (u <= hi)
   back = fixed.dequantize(q, exp, np.float64)
   assert np.all(np.abs(back - x)[inside] <= 2.0 ** (exp - 1))
-  assert fixed.saturation_count(fixed.round_scaled(x, exp), bits) == np.sum(~inside)
+  np.testing.assert_array_equal(q, np.clip(np.round(u), lo, hi))
+  assert fixed.saturation_count(fixed.round_scaled(x, exp), bits) == np.sum(q != np.round(u))
   np.testing.assert_array_equal(fixed.quantize_scale(x, 2.0**exp, bits), q)
   floor = fixed.dequantize(fixed.quantize(x, exp, bits, "floor"), exp, np.float64)
   assert np.all((((x - floor) >= 0) & ((x - floor) <= 2.0**exp))[inside])  # < up to rounding
@@ -216,45 +218,32 @@ def _rmsnorm_float(x_q, x_frac, gain, eps, out_frac, out_bits):
   return np.clip(y, *fixed.int_range(out_bits))
 
 
+# Measured: the output rounding (1 LSB floor, 1/2 half even) plus 2^-12 relative (r in Q.14-16);
+# 16-bit inputs lose up to 1 more LSB to the squares' pre-shift (12 bits at D = 2816).
 @pytest.mark.parametrize("D", [64, 96, 2816])
 @pytest.mark.parametrize(
-  "x_bits, x_frac, r_frac, gain_bits, gain_frac, out_bits, out_frac, bound",
+  "x_bits, x_frac, r_frac, gain_bits, gain_frac, out_bits, out_frac, floor_lsb, half_even_lsb",
   [
-    (8, 4, 16, 16, 12, 8, 4, 1.01),
-    (16, 10, 14, 12, 8, 8, 4, 1.9),
-    (8, 4, 16, 16, 12, 16, 12, 3.0),
+    (8, 4, 16, 16, 12, 8, 4, 1.01, 0.51),
+    (16, 10, 14, 12, 8, 8, 4, 2.0, 0.85),
+    (8, 4, 16, 16, 12, 16, 12, 1.0, 0.5),
   ],
 )
 def test_rmsnorm_matches_float(
-  D, x_bits, x_frac, r_frac, gain_bits, gain_frac, out_bits, out_frac, bound
+  D, x_bits, x_frac, r_frac, gain_bits, gain_frac, out_bits, out_frac, floor_lsb, half_even_lsb
 ):
   x_q, gain = _rmsnorm_case(D, x_bits, x_frac)
   gain_q = np.round(gain * 2.0**gain_frac).astype(np.int64)
   sq_shift = neurons.rms_sq_shift(x_bits, D)
-  eps = 2.0**-6
-  eps_q = round(eps * 2.0 ** (2 * x_frac - sq_shift))
-  y = neurons.rmsnorm_int(
-    x_q,
-    gain_q,
-    eps_q,
-    x_bits=x_bits,
-    x_frac=x_frac,
-    gain_bits=gain_bits,
-    gain_frac=gain_frac,
-    out_bits=out_bits,
-    out_frac=out_frac,
-    sq_shift=sq_shift,
-    r_frac=r_frac,
-  )
-  ref = _rmsnorm_float(
-    x_q,
-    x_frac,
-    gain_q * 2.0**-gain_frac,
-    eps_q * 2.0 ** -(2 * x_frac - sq_shift),
-    out_frac,
-    out_bits,
-  )
-  assert np.abs(y - ref).max() <= bound
+  eps_frac = 2 * x_frac - sq_shift  # the mean square's format
+  eps_q = round(2.0**-6 * 2.0**eps_frac)
+  g = gain_q * 2.0**-gain_frac
+  ref = _rmsnorm_float(x_q, x_frac, g, eps_q * 2.0**-eps_frac, out_frac, out_bits)
+  fmt = dict(x_bits=x_bits, x_frac=x_frac, gain_bits=gain_bits, gain_frac=gain_frac)
+  fmt |= dict(out_bits=out_bits, out_frac=out_frac, sq_shift=sq_shift, r_frac=r_frac)
+  for rounding, lsb in (("floor", floor_lsb), ("half_even", half_even_lsb)):
+    y = neurons.rmsnorm_int(x_q, gain_q, eps_q, rounding=rounding, **fmt)
+    assert np.all(np.abs(y - ref) <= lsb + 2.0**-12 * np.abs(ref))
 
 
 def test_rmsnorm_eps_zero_normalizes():
@@ -315,6 +304,7 @@ _X20 = _rng.integers(-(2**20), 2**20, size=(3, 64))
 _POS = np.abs(_X20)
 _F8 = _rng.integers(0, 257, size=(3, 64))
 _X8 = _rng.integers(-128, 128, size=(3, 96))
+_G96 = _rng.integers(2**11, 2**13, size=96)
 _LUT8, _LUT64 = neurons.sigmoid_lut(), neurons.sigmoid_lut(64)
 _NORM = dict(x_bits=8, x_frac=4, gain_bits=16, gain_frac=12, out_bits=8, out_frac=4, r_frac=16)
 INT_CASES = {
@@ -332,9 +322,12 @@ INT_CASES = {
   "one_minus": (lambda f: neurons.one_minus(f, 8), (_F8,)),
   "inv_sqrt": (neurons.inv_sqrt_int, (_POS,)),
   "inv_sqrt_formats": (lambda v: neurons.inv_sqrt_int(v, 7, 10, 20), (_POS,)),
-  "rmsnorm": (lambda x, g: neurons.rmsnorm_int(x, g, 3, **_NORM), (_X8, _F8[:1, :96] * 16)),
+  "rmsnorm": (lambda x, g: neurons.rmsnorm_int(x, g, 3, **_NORM), (_X8, _G96)),
   "mlgru_step": (lambda h, f, c: neurons.mlgru_step_int(h, f, c, 8, 22), (_X20, _F8, _X20[::-1])),
-  "mlgru_scan": (lambda f, c: neurons.mlgru_scan_int(f, c, 0, 8, 22, "half_even"), (_F8, _X20)),
+  "mlgru_scan": (
+    lambda f, c, h0: neurons.mlgru_scan_int(f, c, h0, 8, 22, "half_even"),
+    (_F8, _X20, _X20[0]),
+  ),
   "ternary_matvec": (lambda x, w: neurons.ternary_matvec(x, w, 8), (_X8, _X8.T[:, :5] % 3 - 1)),
 }
 
@@ -347,7 +340,9 @@ def test_same_integers_in_numpy_and_jax(name):
   fn, args = INT_CASES[name]
   ref = fn(*args)
   assert ref.dtype == np.int64
-  np.testing.assert_array_equal(fn(*[a.astype(np.int32) for a in args]), ref)
+  out = fn(*[a.astype(np.int32) for a in args])
+  assert out.dtype == np.int32 or name == "saturation_count"  # a count: numpy sums in int64
+  np.testing.assert_array_equal(out, ref)
   j_args = [jnp.asarray(a, jnp.int32) for a in args]
   for out in (fn(*j_args), jax.jit(fn)(*j_args)):
     assert out.dtype == jnp.int32

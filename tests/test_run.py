@@ -92,3 +92,20 @@ def test_sigkilled_run_resumes_to_bit_identical_parameters(tmp_path):
   rows_b = read_jsonl(killed / "metrics.jsonl")
   strip = lambda rows: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]
   assert strip(rows_a) == strip(rows_b)  # nothing lost, nothing logged twice
+
+
+@pytest.mark.slow
+def test_data_parallel_training_over_8_devices_matches_one(tmp_path):
+  """Batches split over a 'data' mesh of 8 host devices give the single-device result."""
+  cmds = {
+    n: [*_train_cmd(tmp_path / f"dev{n}")[:-4], "--config.train.steps=4",
+        "--config.train.batch_size=8", "--config.train.ckpt_every=4"]
+    for n in (1, 8)
+  }  # fmt: skip
+  for n, cmd in cmds.items():
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+    subprocess.run(cmd, check=True, env=env, capture_output=True)
+  cfg = checkpoint.model_config(tmp_path / "dev1")
+  one = checkpoint.restore_params(tmp_path / "dev1", cfg)
+  eight = checkpoint.restore_params(tmp_path / "dev8", cfg)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), one, eight)

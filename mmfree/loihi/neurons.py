@@ -17,7 +17,6 @@ from mmfree.loihi.fixed import (
   as_int,
   bit_length,
   check_magnitude,
-  check_rounding,
   int_range,
   mul_shift,
   namespace,
@@ -213,7 +212,8 @@ def rmsnorm_int(
   sq = shift_right(x * x, sq_shift, rounding)
   S = xp.sum(sq, axis=-1, keepdims=True, dtype=x.dtype)
   r_hD = inv_sqrt_int(S + D * eps_q, 2 * x_frac - sq_shift, r_frac + h, r_bits + 1)
-  r = mul_shift(c, r_hD, k + h, r_bits, c.bit_length() + 1, r_bits + 1, rounding)
+  c_bits = c.bit_length() + 1
+  r = mul_shift(xp.asarray(c, dtype=x.dtype), r_hD, k + h, r_bits, c_bits, r_bits + 1, rounding)
   e = x_frac + r_frac - out_frac
   d = max(0, e + x_bits - 31)
   rg_bits = gain_bits + r_bits - gain_frac - d
@@ -234,7 +234,6 @@ def mlgru_step_int(h_q, f_q, c_q, f_frac, state_bits, rounding="floor"):
 
 def mlgru_scan_int(f_TxBxD, c_TxBxD, h0_BxD, f_frac, state_bits, rounding="floor"):
   """All states h_1..h_T of `mlgru_step_int` from h0, stacked as [T, B, D]."""
-  check_rounding(rounding)
   xp = namespace(f_TxBxD, c_TxBxD, h0_BxD)
   h, h_T = as_int(h0_BxD, xp), []
   for f, c in zip(f_TxBxD, c_TxBxD, strict=True):

@@ -61,10 +61,16 @@ def save_train_state(mgr: ocp.CheckpointManager, step: int, params, opt_state):
   mgr.wait_until_finished()
 
 
-def restore_train_state(mgr: ocp.CheckpointManager, params, opt_state):
+def _abstract(tree, sharding=None):
+  """Restore targets placed on this process's devices, whatever devices saved the checkpoint."""
+  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def restore_train_state(mgr: ocp.CheckpointManager, params, opt_state, sharding=None):
   """(params, opt_state, step) of the latest checkpoint, shaped like the given templates."""
   step = mgr.latest_step()
-  as_abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+  as_abstract = lambda tree: _abstract(tree, sharding)
   restored = mgr.restore(
     step,
     args=ocp.args.Composite(
@@ -86,9 +92,7 @@ def save_params(run_dir: Path, step: int, params: dict):
 def abstract_params(cfg: ModelConfig) -> dict:
   """Shapes and dtypes of the parameters, nothing allocated."""
   model = nnx.eval_shape(lambda: MMfreeLM(cfg, nnx.Rngs(0)))
-  return jax.tree.map(
-    ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  )
+  return _abstract(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
 
 def restore_params(run_dir: Path, cfg: ModelConfig, step: int | None = None) -> dict:

@@ -144,14 +144,14 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data, tracker
   graphdef, params = initial_params(model_cfg, cfg)
   opt_state = tx.init(params)
   start, final = 0, {}
+  batch_sharding, replicated = _data_sharding()
   with checkpoint.manager(run_dir, cfg.keep_checkpoints) as mgr:
     if mgr.latest_step() is not None:
-      params, opt_state, start = checkpoint.restore_train_state(mgr, params, opt_state)
+      params, opt_state, start = checkpoint.restore_train_state(mgr, params, opt_state, replicated)
       tracker.jsonl.truncate_after(start)  # rows past the checkpoint are replayed exactly
       print(f"resuming {run_dir} from step {start}")
     if start >= cfg.steps:
       return {}
-    batch_sharding, replicated = _data_sharding()
     params, opt_state = jax.device_put((params, opt_state), replicated)
     train_step, eval_loss = make_steps(graphdef, tx, cfg.grad_accum)
     val_NxT1 = pipeline.eval_windows(data.val_N, cfg.seq_len, cfg.eval_windows)
