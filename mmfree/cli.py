@@ -99,6 +99,41 @@ def cmd_tokenizer_train(args, extra):
   print(f"trained a {tok.vocab_size}-token BPE on {data_cfg.source} -> {args.out}")
 
 
+def _run_data_config(run_dir: Path, extra: list[str]):
+  """The run's own data section (when it has one) with `--data.*` overrides."""
+  import json
+
+  from mmfree import configs
+  from mmfree.data.sources import DataConfig
+
+  saved = json.loads((run_dir / "config.json").read_text()).get("data", {})
+  overrides = configs.parse_overrides([a for a in extra if a.startswith("--data.")], "--data.")
+  return configs.to_dataclass(DataConfig, {**saved, **overrides}, "data")
+
+
+def cmd_quantize_calibrate(args, extra):
+  from mmfree import configs
+  from mmfree.quant import calibrate
+  from mmfree.quant.config import QuantConfig
+
+  run_dir = Path(args.run_dir)
+  quant = configs.parse_overrides([a for a in extra if a.startswith("--quant.")], "--quant.")
+  quant = {k: tuple(v) if isinstance(v, list) else v for k, v in quant.items()}
+  qcfg = configs.to_dataclass(QuantConfig, quant, "quant")
+  unknown = [a for a in extra if not a.startswith(("--quant.", "--data."))]
+  if unknown:
+    raise ValueError(f"unrecognized arguments {unknown}: use --quant.KEY=VALUE or --data.KEY=VALUE")
+  stats = calibrate.calibrate_run(
+    run_dir, qcfg, _run_data_config(run_dir, extra), args.batches, args.batch_size, args.seq_len
+  )
+  print("| point | layers | bits | max abs | saturation % | rel. error % |")
+  print("|---|---|---|---|---|---|")
+  for r in calibrate.summarize(stats):
+    print(f"| {r['point']} | {r['n']} | {r['bits']} | {r['absmax']:.4g} | {100 * r['sat']:.3f} "
+          f"| {100 * r['rel_err']:.3f} |")  # fmt: skip
+  print(f"wrote {run_dir / calibrate.QUANT}/ (config.json, scales.json, stats.json)")
+
+
 def parser() -> argparse.ArgumentParser:
   from mmfree import results, sweep
 
@@ -143,6 +178,20 @@ def parser() -> argparse.ArgumentParser:
   tt.add_argument("--vocab-size", type=int, default=4096)
   tt.add_argument("--out", required=True, help="directory to write tokenizer.json into")
   tt.set_defaults(fn=cmd_tokenizer_train)
+
+  q = sub.add_parser("quantize", help="hardware-aware quantization").add_subparsers(
+    dest="sub", required=True
+  )
+  qc = q.add_parser(
+    "calibrate",
+    help="observe every quantization point and freeze its scale "
+    "(--quant.KEY=VALUE sets the QuantConfig, --data.KEY=VALUE the data)",
+  )
+  qc.add_argument("run_dir", help="a run directory (or imported checkpoint run directory)")
+  qc.add_argument("--batches", type=int, default=8)
+  qc.add_argument("--batch-size", type=int, default=8)
+  qc.add_argument("--seq-len", type=int, default=128)
+  qc.set_defaults(fn=cmd_quantize_calibrate)
 
   sweep.add_parser(sub)
   results.add_parser(sub)

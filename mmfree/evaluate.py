@@ -12,6 +12,14 @@ from tqdm import tqdm
 
 from mmfree.data import pipeline
 from mmfree.data.sources import DataConfig, load_data
+from mmfree.data.tokenizers import load_tokenizer
+
+
+def with_model_tokenizer(data_cfg: DataConfig, model_dir: Path) -> DataConfig:
+  """Use the model's own tokenizer whenever it has one, never a freshly trained one."""
+  if load_tokenizer(Path(model_dir)) is not None:
+    return dataclasses.replace(data_cfg, tokenizer=str(model_dir))
+  return data_cfg
 
 
 def evaluate_model(
@@ -26,9 +34,7 @@ def evaluate_model(
   from mmfree.api import load
 
   lm = load(model_dir, precision)
-  if lm.tokenizer is not None:  # the model's own tokenizer, never a freshly trained one
-    data_cfg = dataclasses.replace(data_cfg, tokenizer=str(model_dir))
-  data = load_data(data_cfg)
+  data = load_data(with_model_tokenizer(data_cfg, model_dir))
   if data.vocab_size > lm.config.vocab_size:
     raise ValueError(
       f"the data has token ids up to {data.vocab_size - 1} but the model's vocabulary is "

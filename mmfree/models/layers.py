@@ -5,6 +5,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mmfree.quant import bitnet
+from mmfree.quant.points import point
 
 
 class Frozen(nnx.Variable):
@@ -20,8 +21,9 @@ class RMSNorm(nnx.Module):
 
   def __call__(self, x_BxTxD):
     x = x_BxTxD.astype(jnp.float32)
-    ms_BxTx1 = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
-    return x * jax.lax.rsqrt(ms_BxTx1 + self.eps) * self.weight[...]
+    ms_BxTx1 = point(self, "rms_ms", jnp.mean(jnp.square(x), axis=-1, keepdims=True))
+    inv_BxTx1 = point(self, "rms_inv", jax.lax.rsqrt(ms_BxTx1 + self.eps))
+    return point(self, "rms_out", x * inv_BxTx1) * self.weight[...]
 
 
 class BitLinear(nnx.Module):
@@ -62,7 +64,7 @@ class BitLinear(nnx.Module):
       self.beta = nnx.data(Frozen(beta))
 
   def __call__(self, x_BxTxI):
-    x_BxTxI = self.norm(x_BxTxI)
+    x_BxTxI = point(self, "bitlinear_in", self.norm(x_BxTxI))
     if self.precision == "float":
       if self.beta is not None:
         raise ValueError("a frozen BitLinear holds ternary weights: it cannot run at `float`")
@@ -70,7 +72,7 @@ class BitLinear(nnx.Module):
     x_q, s_BxTx1 = bitnet.act_quant_int8(x_BxTxI)
     w_q, beta = self.quantized_weight()
     # Integer-valued operands: the float32 accumulate is exact while |sum| < 2^24.
-    return self._matmul(x_q, w_q) * (beta / s_BxTx1)
+    return point(self, "bitlinear_acc", self._matmul(x_q, w_q)) * (beta / s_BxTx1)
 
   def _matmul(self, x_BxTxI, w_IxO):
     dt = jnp.dtype(self.matmul_dtype)

@@ -9,6 +9,7 @@ from flax import nnx
 from mmfree.models.config import ModelConfig
 from mmfree.models.layers import BitLinear, RMSNorm
 from mmfree.models.mlgru import MLGRU
+from mmfree.quant.points import point
 
 
 class GLU(nnx.Module):
@@ -26,7 +27,9 @@ class GLU(nnx.Module):
 
   def __call__(self, x_BxTxH):
     g_BxTxI, u_BxTxI = jnp.split(self.gate_proj(x_BxTxH), 2, axis=-1)
-    return self.down_proj(jax.nn.silu(g_BxTxI) * u_BxTxI)
+    s_BxTxI = point(self, "glu_silu", jax.nn.silu(point(self, "glu_gate", g_BxTxI)))
+    p_BxTxI = point(self, "glu_prod", s_BxTxI * point(self, "glu_up", u_BxTxI))
+    return self.down_proj(p_BxTxI)
 
 
 class Block(nnx.Module):
@@ -39,9 +42,12 @@ class Block(nnx.Module):
     self.mlp = GLU(cfg, rngs)
 
   def __call__(self, x_BxTxH, lb_D, h0_BxD):
-    a_BxTxH, h_BxD = self.attn(self.attn_norm(x_BxTxH), lb_D, h0_BxD)
-    r_BxTxH = x_BxTxH + a_BxTxH
-    return r_BxTxH + self.mlp(self.mlp_norm(r_BxTxH)), h_BxD
+    x_BxTxH = point(self, "block_in", x_BxTxH)
+    n_BxTxH = point(self, "attn_norm", self.attn_norm(x_BxTxH))
+    a_BxTxH, h_BxD = self.attn(n_BxTxH, lb_D, h0_BxD)
+    r_BxTxH = point(self, "residual", x_BxTxH + point(self, "attn_out", a_BxTxH))
+    m_BxTxH = point(self, "mlp_out", self.mlp(point(self, "mlp_norm", self.mlp_norm(r_BxTxH))))
+    return r_BxTxH + m_BxTxH, h_BxD
 
 
 def lower_bounds(lb_param_LxD):
@@ -86,7 +92,7 @@ class MMfreeLM(nnx.Module):
     for l, block in enumerate(self.layers):
       x_BxTxH, h_BxD = block(x_BxTxH, None if lb_LxD is None else lb_LxD[l], h_LxBxD[l])
       hs.append(h_BxD)
-    return self.lm_head(self.norm(x_BxTxH)), jnp.stack(hs)
+    return self.lm_head(point(self, "final_norm", self.norm(x_BxTxH))), jnp.stack(hs)
 
   def freeze(self):
     """Quantize every BitLinear's weights once (inference)."""

@@ -8,6 +8,7 @@ from flax import nnx
 
 from mmfree.models.config import ModelConfig
 from mmfree.models.layers import BitLinear, RMSNorm
+from mmfree.quant.points import point
 
 
 def scan_associative(f_BxTxD, c_BxTxD, h0_BxD):
@@ -66,10 +67,13 @@ class MLGRU(nnx.Module):
 
   def __call__(self, x_BxTxH, lb_D, h0_BxD):
     """Returns the output [B, T, H] and the last state h_{T−1} [B, D] (float32)."""
-    f_BxTxD = jax.nn.sigmoid(self.f_proj(x_BxTxH))
+    f_BxTxD = point(self, "f_sigma", jax.nn.sigmoid(self.f_proj(x_BxTxH)))
     if lb_D is not None and self.layer_idx > 0:
       f_BxTxD = lb_D + (1 - lb_D) * f_BxTxD
-    c_BxTxD = jax.nn.silu(self.i_proj(x_BxTxH)) * (1 - f_BxTxD)
+    f_BxTxD = point(self, "f_lb", f_BxTxD)
+    c_BxTxD = point(self, "c", jax.nn.silu(self.i_proj(x_BxTxH)) * (1 - f_BxTxD))
     h_BxTxD = recurrence(f_BxTxD, c_BxTxD, h0_BxD.astype(jnp.float32), self.scan)
-    o_BxTxD = self.g_norm(self.g_proj(x_BxTxH)) * jax.nn.silu(h_BxTxD)
+    h_BxTxD = point(self, "h", h_BxTxD)  # every step's state: what the neuron holds
+    g_BxTxD = point(self, "g_norm", self.g_norm(self.g_proj(x_BxTxH)))
+    o_BxTxD = point(self, "gated", g_BxTxD * point(self, "silu_h", jax.nn.silu(h_BxTxD)))
     return self.o_proj(o_BxTxD), h_BxTxD[:, -1]

@@ -1,0 +1,151 @@
+"""Calibration: observe every quantization point on real batches, then freeze its scale.
+
+Two passes over the same batches: the first records ranges and chooses each point's scale with
+the configured observer (min-max, moving average of batch ranges, or a percentile of |x|); the
+second measures, under those frozen scales, how often each point saturates and its relative
+error against the unquantized (`bitnet`) value. Results go to `RUN_DIR/quant/`:
+`config.json` (the QuantConfig), `scales.json` (frozen), `stats.json` (per point).
+"""
+
+import dataclasses
+import json
+import math
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from mmfree.loihi.fixed import pow2_exponent
+from mmfree.quant.config import QuantConfig
+from mmfree.quant.points import Probe, Scale, recorder, set_probe, set_scales
+
+QUANT = "quant"
+
+
+def point_name(key: str) -> str:
+  return key.rpartition(".")[2]
+
+
+def observe(records: list[dict], cfg: QuantConfig) -> float:
+  """The range a point's scale must cover, by the configured observer."""
+  if cfg.observer == "minmax":
+    return max(float(r["absmax"]) for r in records)
+  if cfg.observer == "percentile":
+    return max(float(r["pct"]) for r in records)
+  ema = float(records[0]["absmax"])
+  for r in records[1:]:
+    ema = cfg.ema_decay * ema + (1 - cfg.ema_decay) * float(r["absmax"])
+  return ema
+
+
+def choose_scale(amax: float, bits: int, cfg: QuantConfig) -> Scale:
+  """A power-of-two scale (ceil never clips amax) or the free scale amax / qmax."""
+  qmax = 2 ** (bits - 1) - 1
+  if cfg.scale == "free":
+    return Scale(amax / qmax if amax > 0 else 1.0, bits)
+  return Scale(2.0 ** int(pow2_exponent(np.float64(amax), bits, cfg.pow2_mode)), bits)
+
+
+def _run(forward, model, batches, desc: str) -> dict[str, list]:
+  out: dict[str, list] = {}
+  for batch in tqdm(batches, desc=desc, unit="batch", leave=False):
+    for key, recs in forward(model, batch)[1].items():
+      out.setdefault(key, []).extend(recs)
+  return out
+
+
+def calibrate(model: nnx.Module, batches: list, cfg: QuantConfig) -> tuple[dict, dict]:
+  """(scales, stats), both keyed by 'module.path.point', for the enabled points."""
+  forward = nnx.jit(recorder(lambda m, tokens_BxT: m(tokens_BxT)[0]))
+  set_probe(model, Probe("stats", cfg.percentile, cfg.rounding))
+  ranges = _run(forward, model, batches, "calibrate")
+  scales, stats = {}, {}
+  for key, recs in ranges.items():
+    name = point_name(key)
+    if not cfg.enabled(name):
+      continue
+    amax = observe(recs, cfg)
+    scales[key] = choose_scale(amax, cfg.bits_of(name), cfg)
+    stats[key] = {
+      "point": name,
+      "min": min(float(r["min"]) for r in recs),
+      "max": max(float(r["max"]) for r in recs),
+      "observed": amax,
+      "rms": float(np.sqrt(np.mean([float(r["rms"]) ** 2 for r in recs]))),
+      "scale": scales[key].scale,
+      "bits": scales[key].bits,
+    }
+  set_scales(model, scales)
+  set_probe(model, Probe("measure", cfg.percentile, cfg.rounding))
+  measured = _run(forward, model, batches, "measure")
+  for key, recs in measured.items():
+    total = {k: sum(float(r[k]) for r in recs) for k in recs[0]}
+    stats[key]["saturation"] = total["saturated"] / total["count"]
+    stats[key]["rel_error"] = math.sqrt(total["err2"] / total["ref2"]) if total["ref2"] else 0.0
+  set_probe(model, None)
+  return scales, stats
+
+
+def summarize(stats: dict) -> list[dict]:
+  """One row per point kind, over all layers: worst range, saturation and error."""
+  rows: dict[str, dict] = {}
+  for s in stats.values():
+    r = rows.setdefault(s["point"], {"point": s["point"], "n": 0, "absmax": 0.0, "sat": 0.0,
+                                     "rel_err": 0.0, "bits": s["bits"]})  # fmt: skip
+    r["n"] += 1
+    r["absmax"] = max(r["absmax"], max(abs(s["min"]), abs(s["max"])))
+    r["sat"] = max(r["sat"], s["saturation"])
+    r["rel_err"] = max(r["rel_err"], s["rel_error"])
+  return sorted(rows.values(), key=lambda r: r["point"])
+
+
+def save(run_dir: Path, cfg: QuantConfig, scales: dict, stats: dict, meta: dict):
+  """Write `quant/` by renaming a finished directory: a failed run leaves the last one intact."""
+  out = Path(run_dir) / QUANT
+  tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".quant-"))
+  files = {
+    "config.json": {**cfg.to_dict(), "calibration": meta},
+    "scales.json": {k: dataclasses.asdict(s) for k, s in scales.items()},
+    "stats.json": stats,
+  }
+  for name, obj in files.items():
+    (tmp / name).write_text(json.dumps(obj, indent=1) + "\n")
+  shutil.rmtree(out, ignore_errors=True)
+  tmp.rename(out)
+
+
+def calibrate_run(
+  run_dir: Path, cfg: QuantConfig, data_cfg, num_batches: int, batch_size: int, seq_len: int
+) -> dict:
+  """Calibrate the run's `bitnet` model on its training data; writes `quant/`."""
+  from mmfree.api import read_params
+  from mmfree.data import pipeline
+  from mmfree.data.sources import load_data
+  from mmfree.evaluate import with_model_tokenizer
+  from mmfree.train.checkpoint import build_model
+
+  model_cfg, params = read_params(Path(run_dir))
+  model = build_model(model_cfg.replace(precision="bitnet"), params)
+  data = load_data(with_model_tokenizer(data_cfg, Path(run_dir)))
+  it = pipeline.batches(data.train_N, batch_size, seq_len, seed=0)
+  batches = [next(it)[:, :-1] for _ in range(num_batches)]
+  scales, stats = calibrate(model, batches, cfg)
+  meta = {"batches": num_batches, "batch_size": batch_size, "seq_len": seq_len,
+          "data": data.info.get("description")}  # fmt: skip
+  save(Path(run_dir), cfg, scales, stats, meta)
+  return stats
+
+
+def load(run_dir: Path) -> tuple[QuantConfig, dict[str, Scale]]:
+  """The frozen QuantConfig and scales of `RUN_DIR/quant/`."""
+  d = Path(run_dir) / QUANT
+  if not (d / "scales.json").is_file():
+    raise FileNotFoundError(f"{d} holds no calibration: run `mmfree quantize calibrate {run_dir}`")
+  cfg = json.loads((d / "config.json").read_text())
+  cfg.pop("calibration", None)
+  cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+  scales = {k: Scale(**v) for k, v in json.loads((d / "scales.json").read_text()).items()}
+  return QuantConfig(**cfg), scales

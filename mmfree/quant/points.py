@@ -1,0 +1,102 @@
+"""Quantization points: named places in the forward pass where the chip holds a fixed-point value.
+
+At `float` and `bitnet` a point is the identity. A probe set on the modules records what passes:
+range statistics for calibration (`stats`), saturation and error under frozen scales
+(`measure`), or the values themselves (`values`). Records are sown as `nnx.Intermediate`s, so
+they come out of a `recorder`-wrapped forward pass (jittable).
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+PROBES = ("stats", "measure", "values")
+PREFIX = "point_"  # sown attribute names: points may share a name with a submodule
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+  kind: str  # one of PROBES
+  percentile: float = 99.99  # of |x|, for the percentile observer
+  rounding: str = "half_even"
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+  """A frozen per-tensor scale: values become round(x / scale) clipped to `bits` signed bits."""
+
+  scale: float
+  bits: int
+
+
+def _round(u, rounding: str):
+  return jnp.round(u) if rounding == "half_even" else jnp.floor(u)
+
+
+def point(module: nnx.Module, name: str, x):
+  """Mark `x` as quantization point `name` of `module`; returns `x` unchanged."""
+  probe: Probe | None = getattr(module, "probe", None)
+  if probe is None:
+    return x
+  x32 = jax.lax.stop_gradient(x).astype(jnp.float32)
+  if probe.kind == "stats":
+    a = jnp.abs(x32)
+    record = {
+      "min": jnp.min(x32),
+      "max": jnp.max(x32),
+      "absmax": jnp.max(a),
+      "pct": jnp.percentile(a.ravel(), probe.percentile),
+      "rms": jnp.sqrt(jnp.mean(jnp.square(x32))),
+    }
+  elif probe.kind == "measure":
+    if name not in getattr(module, "qscales", {}):
+      return x  # a disabled point: nothing quantizes it
+    s: Scale = module.qscales[name]
+    hi = 2 ** (s.bits - 1) - 1
+    u = _round(x32 / s.scale, probe.rounding)
+    q = jnp.clip(u, -hi - 1, hi)
+    record = {
+      "saturated": jnp.sum((u != q).astype(jnp.float32)),
+      "count": jnp.asarray(x32.size, jnp.float32),
+      "err2": jnp.sum(jnp.square(q * s.scale - x32)),
+      "ref2": jnp.sum(jnp.square(x32)),
+    }
+  else:
+    record = x32
+  module.sow(nnx.Intermediate, PREFIX + name, record)
+  return x
+
+
+def set_probe(model: nnx.Module, probe: Probe | None):
+  """Turn recording on (a Probe) or off (None) in every module of `model`."""
+  if probe is not None and probe.kind not in PROBES:
+    raise ValueError(f"probe kind {probe.kind!r}: expected one of {PROBES}")
+  for _, m in nnx.iter_modules(model):
+    m.probe = probe
+
+
+def set_scales(model: nnx.Module, scales: dict[str, Scale]):
+  """Give each module its frozen scales; `scales` is keyed by 'module.path.point'."""
+  by_module: dict[str, dict[str, Scale]] = {}
+  for key, s in scales.items():
+    path, _, name = key.rpartition(".")
+    by_module.setdefault(path, {})[name] = s
+  for path, m in nnx.iter_modules(model):
+    m.qscales = by_module.get(".".join(map(str, path)), {})
+
+
+def recorder(fn):
+  """`fn(model, ...)` → `(out, {'module.path.point': [record per call]})`, jittable."""
+  captured = nnx.capture(fn, nnx.Intermediate)
+
+  def run(model, *args):
+    out, state = captured(model, *args)
+    records = {}
+    for path, value in nnx.to_flat_state(state):
+      *where, name = map(str, path)
+      records[".".join([*where, name.removeprefix(PREFIX)])] = list(value.get_value())
+    return out, records
+
+  return run
