@@ -1,7 +1,7 @@
 """`mmfree.load(path)`: a run directory or a Hugging Face checkpoint → a model to query."""
 
+import functools
 from collections.abc import Callable, Iterator
-from functools import partial
 from pathlib import Path
 
 import jax
@@ -14,6 +14,12 @@ from mmfree.data.tokenizers import Tokenizer, load_tokenizer
 from mmfree.models import MMfreeLM, ModelConfig, hf
 from mmfree.sample import check_sampling, sample
 from mmfree.train import checkpoint
+
+
+@functools.cache
+def _sampler(temperature: float, top_k: int | None, top_p: float | None):
+  """One compiled sampler per setting, shared by every call."""
+  return jax.jit(functools.partial(sample, temperature=temperature, top_k=top_k, top_p=top_p))
 
 
 class LanguageModel:
@@ -68,7 +74,7 @@ class LanguageModel:
     """Yields the next token of every row [B], one step at a time (O(1) state per layer)."""
     check_sampling(temperature, top_k, top_p)
     tokens_BxT = self._check_tokens(prompt_tokens, "prompt_tokens")
-    pick = jax.jit(partial(sample, temperature=temperature, top_k=top_k, top_p=top_p))
+    pick = _sampler(temperature, top_k, top_p)
     key = jax.random.key(seed)
     logits_BxTxV, h_LxBxD = self._forward(
       self._state, tokens_BxT, self._init_state(len(tokens_BxT))

@@ -29,22 +29,33 @@ def cmd_train(args, extra):
 
 
 def cmd_eval(args, extra):
-  from mmfree import configs
-  from mmfree.data.sources import DataConfig
   from mmfree.evaluate import evaluate_model
+  from mmfree.files import read_json
 
-  overrides = configs.parse_overrides(extra, prefix="--data.")
-  data_cfg = configs.to_dataclass(DataConfig, overrides, "data")
+  _only(extra, "--data.")
+  path = Path(args.path)
+  saved = read_json(path / "config.json") or {}
+  data_cfg = _run_data_config(path, extra)  # a run's own data unless told otherwise
+  seq_len = args.seq_len or saved.get("train", {}).get("seq_len", 256)
   for precision in args.precision.split(","):
-    r = evaluate_model(Path(args.path), data_cfg, args.seq_len, precision or None, args.max_windows)
+    r = evaluate_model(path, data_cfg, seq_len, precision or None, args.max_windows)
     bpb = f"{r['bpb']:.4f}" if r["bpb"] is not None else "n/a"
     print(f"{r['precision']:8s} loss {r['loss']:.4f}  ppl {r['ppl']:.2f}  bpb {bpb}  "
           f"({r['tokens']} tokens)")  # fmt: skip
 
 
+def _only(extra: list[str], *prefixes: str):
+  """Refuse arguments the command does not know (parse_known_args lets them through)."""
+  unknown = [a for a in extra if not (prefixes and a.startswith(prefixes))]
+  if unknown:
+    allowed = f"; it takes {', '.join(p + 'KEY=VALUE' for p in prefixes)}" if prefixes else ""
+    raise ValueError(f"unrecognized arguments {unknown}{allowed}")
+
+
 def cmd_generate(args, extra):
   import mmfree
 
+  _only(extra)
   lm = mmfree.load(args.path)
   if lm.tokenizer is None:
     sys.exit(
@@ -80,10 +91,13 @@ def cmd_import_hf(args, extra):
   from mmfree.models import hf
   from mmfree.train import checkpoint
 
-  cfg, params = hf.load_hf(Path(args.dir))
+  _only(extra)
   out = Path(args.out)
-  checkpoint.write_config(out, cfg, source={"hf_dir": str(Path(args.dir).absolute())})
+  if (out / checkpoint.CHECKPOINTS).exists():
+    raise ValueError(f"{out} already holds a checkpoint: import into a new --out directory")
+  cfg, params = hf.load_hf(Path(args.dir))
   checkpoint.save_params(out, 0, params)
+  checkpoint.write_config(out, cfg, source={"hf_dir": str(Path(args.dir).absolute())})
   tok = load_tokenizer(Path(args.dir))
   if tok is not None:
     tok.save(out)
@@ -94,6 +108,7 @@ def cmd_tokenizer_train(args, extra):
   from mmfree import configs
   from mmfree.data.sources import DataConfig, train_tokenizer
 
+  _only(extra, "--data.")
   data_cfg = configs.to_dataclass(DataConfig, configs.parse_overrides(extra, "--data."), "data")
   tok = train_tokenizer(data_cfg, args.vocab_size, Path(args.out))
   print(f"trained a {tok.vocab_size}-token BPE on {data_cfg.source} -> {args.out}")
@@ -101,12 +116,11 @@ def cmd_tokenizer_train(args, extra):
 
 def _run_data_config(run_dir: Path, extra: list[str]):
   """The run's own data section (when it has one) with `--data.*` overrides."""
-  import json
-
   from mmfree import configs
   from mmfree.data.sources import DataConfig
+  from mmfree.files import read_json
 
-  saved = json.loads((run_dir / "config.json").read_text()).get("data", {})
+  saved = (read_json(run_dir / "config.json") or {}).get("data", {})
   overrides = configs.parse_overrides([a for a in extra if a.startswith("--data.")], "--data.")
   return configs.to_dataclass(DataConfig, {**saved, **overrides}, "data")
 
@@ -120,9 +134,7 @@ def cmd_quantize_calibrate(args, extra):
   quant = configs.parse_overrides([a for a in extra if a.startswith("--quant.")], "--quant.")
   quant = {k: tuple(v) if isinstance(v, list) else v for k, v in quant.items()}
   qcfg = configs.to_dataclass(QuantConfig, quant, "quant")
-  unknown = [a for a in extra if not a.startswith(("--quant.", "--data."))]
-  if unknown:
-    raise ValueError(f"unrecognized arguments {unknown}: use --quant.KEY=VALUE or --data.KEY=VALUE")
+  _only(extra, "--quant.", "--data.")
   stats = calibrate.calibrate_run(
     run_dir, qcfg, _run_data_config(run_dir, extra), args.batches, args.batch_size, args.seq_len
   )
@@ -154,7 +166,7 @@ def parser() -> argparse.ArgumentParser:
                      "experiment configs")  # fmt: skip
   e.add_argument("path", help="run directory or Hugging Face checkpoint directory")
   e.add_argument("--precision", default="", help="comma-separated, e.g. float,bitnet")
-  e.add_argument("--seq-len", type=int, default=256)
+  e.add_argument("--seq-len", type=int, default=None, help="default: the run's, else 256")
   e.add_argument("--max-windows", type=int, default=512)
   e.set_defaults(fn=cmd_eval)
 

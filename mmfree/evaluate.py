@@ -22,6 +22,17 @@ def with_model_tokenizer(data_cfg: DataConfig, model_dir: Path) -> DataConfig:
   return data_cfg
 
 
+def load_model_data(data_cfg: DataConfig, model_dir: Path, vocab_size: int):
+  """The data a model is evaluated or calibrated on, refused if its ids exceed the vocabulary."""
+  data = load_data(with_model_tokenizer(data_cfg, model_dir))
+  if data.vocab_size > vocab_size:
+    raise ValueError(
+      f"the data has token ids up to {data.vocab_size - 1} but the model's vocabulary is "
+      f"{vocab_size}: pass the model's tokenizer (data.tokenizer)"
+    )
+  return data
+
+
 def evaluate_model(
   model_dir: Path,
   data_cfg: DataConfig,
@@ -34,12 +45,7 @@ def evaluate_model(
   from mmfree.api import load
 
   lm = load(model_dir, precision)
-  data = load_data(with_model_tokenizer(data_cfg, model_dir))
-  if data.vocab_size > lm.config.vocab_size:
-    raise ValueError(
-      f"the data has token ids up to {data.vocab_size - 1} but the model's vocabulary is "
-      f"{lm.config.vocab_size}: pass the model's tokenizer (data.tokenizer)"
-    )
+  data = load_model_data(data_cfg, model_dir, lm.config.vocab_size)
   windows_NxT1 = pipeline.eval_windows(data.val_N, seq_len, max_windows)
   nll = np.concatenate([
     lm.token_nll(windows_NxT1[i : i + batch]).ravel()

@@ -4,25 +4,22 @@ The run directory is the unit of work: `config.json` (the resolved config), `sta
 `metrics.jsonl`, `checkpoints/`, `eval.json`. Rerunning the same command resumes.
 """
 
+import contextlib
 import datetime
+import fcntl
 import json
-import traceback
+import signal
+import threading
 from pathlib import Path
 
 from mmfree import configs
 from mmfree.configs import Experiment
 from mmfree.data.sources import load_data
+from mmfree.files import STATUS, write_json
 from mmfree.train import checkpoint
 from mmfree.train.tracking import Tracker
 
-STATUS = "status.json"
 EVAL = "eval.json"
-
-
-def write_json(path: Path, obj: dict):
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(obj, indent=2) + "\n")
-  tmp.replace(path)
 
 
 def set_status(run_dir: Path, status: str, stage: str = "", error: str | None = None):
@@ -37,12 +34,27 @@ def _check_same_experiment(run_dir: Path, exp: Experiment):
   saved = json.loads(path.read_text())
   wanted = exp.to_dict()
   changed = configs.differences({k: saved.get(k) for k in wanted}, wanted)
-  changed = [k for k in changed if not k.startswith(("experiment.", "tracking."))]
+  ignored = ["experiment.", "tracking."]
+  if exp.train.init_from:  # the architecture is init_from's, not the experiment's
+    ignored += [f"model.{k}" for k in wanted["model"] if k not in RUNTIME_MODEL_FIELDS]
+  changed = [k for k in changed if not k.startswith(tuple(ignored))]
   if changed:
     raise ValueError(
       f"{run_dir} holds a run with a different config ({', '.join(changed)}); "
       "use a new --workdir, or delete the directory to start over"
     )
+
+
+RUNTIME_MODEL_FIELDS = ("precision", "scan", "matmul_dtype")  # all else is architecture
+
+
+def data_config(exp: Experiment):
+  """The experiment's data, tokenized with init_from's own tokenizer when it has one."""
+  if exp.train.init_from:
+    from mmfree.evaluate import with_model_tokenizer
+
+    return with_model_tokenizer(exp.data, Path(exp.train.init_from))
+  return exp.data
 
 
 def model_config(exp: Experiment, vocab_size: int, tokenizer):
@@ -51,9 +63,7 @@ def model_config(exp: Experiment, vocab_size: int, tokenizer):
     from mmfree.api import read_config_of
 
     src = read_config_of(Path(exp.train.init_from))
-    cfg = src.replace(
-      precision=exp.model.precision, scan=exp.model.scan, matmul_dtype=exp.model.matmul_dtype
-    )
+    cfg = src.replace(**{k: getattr(exp.model, k) for k in RUNTIME_MODEL_FIELDS})
     if vocab_size > cfg.vocab_size:
       raise ValueError(
         f"the data's tokenizer has {vocab_size} ids but {exp.train.init_from} has a vocabulary "
@@ -71,7 +81,7 @@ def stage_train(exp: Experiment, run_dir: Path):
   with checkpoint.manager(run_dir) as mgr:
     if (mgr.latest_step() or 0) >= exp.train.steps:
       return
-  data = load_data(exp.data)
+  data = load_data(data_config(exp))
   model_cfg = model_config(exp, data.vocab_size, data.tokenizer)
   resolved = {**exp.to_dict(), "model": model_cfg.to_dict(), "data_info": data.info}
   write_json(run_dir / checkpoint.CONFIG, resolved)
@@ -89,7 +99,7 @@ def stage_eval(exp: Experiment, run_dir: Path):
 
   if (run_dir / EVAL).exists():
     return
-  result = evaluate_model(run_dir, exp.data, exp.train.seq_len)
+  result = evaluate_model(run_dir, data_config(exp), exp.train.seq_len)
   write_json(run_dir / EVAL, result)
   print("eval: " + ", ".join(f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float)))
 
@@ -101,17 +111,37 @@ def run_experiment(exp: Experiment, run_dir: Path, stages: tuple[str, ...] | Non
   """Run `stages` (default: the experiment's) in order; status.json says where it got to."""
   run_dir = Path(run_dir)
   run_dir.mkdir(parents=True, exist_ok=True)
-  _check_same_experiment(run_dir, exp)
-  if not (run_dir / checkpoint.CONFIG).exists():
-    write_json(run_dir / checkpoint.CONFIG, exp.to_dict())
-  stage = ""
-  try:
-    for stage in stages or exp.stages:
-      set_status(run_dir, "running", stage)
-      STAGES[stage](exp, run_dir)
-  except BaseException as e:
-    set_status(run_dir, "failed", stage, f"{type(e).__name__}: {e}")
-    if not isinstance(e, (ValueError, FileNotFoundError, FloatingPointError, KeyboardInterrupt)):
-      traceback.print_exc()
-    raise
-  set_status(run_dir, "done", stage)
+  with _exclusive(run_dir):
+    _check_same_experiment(run_dir, exp)
+    if not (run_dir / checkpoint.CONFIG).exists():
+      write_json(run_dir / checkpoint.CONFIG, exp.to_dict())
+    stage = ""
+    try:
+      for stage in stages or exp.stages:
+        set_status(run_dir, "running", stage)
+        STAGES[stage](exp, run_dir)
+    except BaseException as e:
+      set_status(run_dir, "failed", stage, f"{type(e).__name__}: {e}")
+      raise
+    set_status(run_dir, "done", stage)
+
+
+def _terminate(signum, frame):
+  raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def _exclusive(run_dir: Path):
+  """One process per run directory; SIGTERM unwinds like Ctrl-C so status.json says so."""
+  with (run_dir / ".lock").open("w") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise ValueError(f"another mmfree process is running in {run_dir}") from None
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    try:
+      yield
+    finally:
+      if main_thread:
+        signal.signal(signal.SIGTERM, previous)

@@ -27,8 +27,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from mmfree.files import STATUS, read_json, write_json
+
 MANIFEST = "sweep.json"
-STATUS = "status.json"
 LOG = "run.log"
 _NAME_MAX = 80  # readable part of a run name; the hash keeps truncated names distinct
 _POLL_S = 0.1
@@ -82,22 +83,6 @@ def override_arg(key: str, value) -> str:
   if _literal(text) != value:
     raise ValueError(f"sweep value {key}={value!r} does not survive a command line: use a literal")
   return f"--config.{key}={text}"
-
-
-def read_json(path: Path) -> dict | None:
-  """A JSON object from `path`, or None if it is missing or half-written."""
-  try:
-    obj = json.loads(Path(path).read_text())
-  except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
-    return None
-  return obj if isinstance(obj, dict) else None
-
-
-def write_json(path: Path, obj: dict):
-  """Atomically, so a reader (or a rerun after a kill) never sees half a file."""
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=2, default=repr) + "\n")
-  tmp.replace(path)
 
 
 def run_status(run_dir: Path) -> str:

@@ -14,7 +14,6 @@ from mmfree.data.tokenizers import (
   ByteTokenizer,
   HFTokenizer,
   SentencePieceTokenizer,
-  default_tokenizer,
   load_tokenizer,
   train_bpe,
   unigram_entropy,
@@ -93,17 +92,6 @@ def test_bpe_roundtrip_and_cache(tmp_path):
   loaded = load_tokenizer(tmp_path / "run")
   assert isinstance(loaded, HFTokenizer)
   assert loaded.encode(TEXTS[3]) == tok.encode(TEXTS[3])
-
-
-def test_default_tokenizer(tmp_path, monkeypatch):
-  monkeypatch.setenv("MMFREE_CACHE", str(tmp_path))
-  small = corpus_lib.Corpus(train=TEXTS, val=[], meta={})
-  assert isinstance(default_tokenizer(small, kind="byte"), ByteTokenizer)
-  tok = default_tokenizer(small, vocab_size=280)
-  assert tok.vocab_size <= 280
-  assert list((tmp_path / "tokenizers").glob("bpe-280-*/tokenizer.json"))
-  with pytest.raises(ValueError, match="kind"):
-    default_tokenizer(small, kind="wordpiece")
 
 
 def test_sentencepiece_loads(tmp_path):

@@ -336,3 +336,5 @@ def test_mmfree_load_and_import_hf_cli_match_reference(ckpt, tensors, tmp_path):
   assert_close(got, want)
   main(["import-hf", str(ckpt), "--out", str(tmp_path / "run")])
   assert_close(mmfree.load(tmp_path / "run").logits(tokens), want)
+  with pytest.raises(SystemExit, match="already holds a checkpoint"):
+    main(["import-hf", str(ckpt), "--out", str(tmp_path / "run")])

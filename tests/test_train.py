@@ -53,6 +53,8 @@ def test_trained_run_loads_and_generates(run_dir, capsys):
   main(["generate", str(run_dir), "--prompt", "The ", "--max-new-tokens", "8", "--seed", "1"])
   out, err = capsys.readouterr()
   assert out.startswith("The ") and "tokens/s" in err
+  with pytest.raises(SystemExit, match="unrecognized arguments"):
+    main(["generate", str(run_dir), "--promt", "typo"])
 
 
 def test_generate_without_tokenizer_says_what_is_missing(run_dir, tmp_path):

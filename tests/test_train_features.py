@@ -43,16 +43,18 @@ def test_wandb_offline_logs_into_the_run_directory(trained):
 
 
 def test_fine_tune_from_a_run_directory_starts_from_its_weights(trained, tmp_path):
-  exp = configs.load_experiment(
-    SMOKE,
-    {"train.init_from": str(trained), "train.lr": 0.0, "train.steps": 2, "stages": ("train",)},
-  )
+  # The architecture comes from init_from, whatever the experiment's model section says.
+  overrides = {"train.init_from": str(trained), "train.lr": 0.0, "train.steps": 2,
+               "stages": ("train",), "model.hidden_size": 48}  # fmt: skip
+  exp = configs.load_experiment(SMOKE, overrides)
   run_experiment(exp, tmp_path)
+  run_experiment(exp, tmp_path)  # a rerun finds the same experiment and has nothing to do
   a, b = mmfree.load(trained), mmfree.load(tmp_path)
   tokens = np.arange(1, 20)[None] % a.config.vocab_size
   np.testing.assert_array_equal(a.logits(tokens), b.logits(tokens))  # lr 0: unchanged weights
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["train"]["init_from"] == str(trained)
+  assert saved["model"]["hidden_size"] == a.config.hidden_size == 32
 
 
 def test_eval_cli_reports_each_precision(trained, capsys):

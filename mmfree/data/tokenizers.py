@@ -17,8 +17,6 @@ import numpy as np
 import sentencepiece
 import tokenizers
 
-from mmfree.data.corpus import Corpus
-
 SP_FILE = "tokenizer.model"
 HF_FILE = "tokenizer.json"
 BYTE_FILE = "tokenizer_byte.json"
@@ -200,17 +198,6 @@ def default_cache_dir() -> Path:
   return (Path(root) if root else Path.home() / ".cache" / "mmfree") / "tokenizers"
 
 
-def default_tokenizer(
-  corpus: Corpus, kind: str = "bpe", vocab_size: int = 4096, cache_dir: Path | None = None
-) -> Tokenizer:
-  """The tokenizer for a corpus: "byte", or "bpe" trained on its train split (cached)."""
-  if kind == "byte":
-    return ByteTokenizer()
-  if kind == "bpe":
-    return train_bpe(corpus.train, vocab_size, cache_dir or default_cache_dir())
-  raise ValueError(f"tokenizer kind must be 'byte' or 'bpe', got {kind!r}")
-
-
 def token_counts(ids_N: np.ndarray, vocab_size: int, chunk: int = 1 << 24) -> np.ndarray:
   """How often each id occurs, int64 [V]; reads `chunk` ids at a time, so memmaps stay on disk."""
   ids_N = np.asarray(ids_N).ravel()
@@ -231,15 +218,3 @@ def unigram_entropy(ids_N: np.ndarray, vocab_size: int) -> float:
     raise ValueError("unigram_entropy needs at least one token")
   p_V = counts_V[counts_V > 0] / counts_V.sum()
   return float(-(p_V * np.log(p_V)).sum())
-
-
-def bytes_per_token(texts: Iterable[str], tok: Tokenizer) -> float:
-  """UTF-8 bytes per token; nats/token divided by this (and ln 2) gives bits per byte."""
-  texts = list(texts)
-  n_bytes = sum(len(t.encode()) for t in texts)
-  encode_batch = getattr(tok, "encode_batch", None)
-  ids = encode_batch(texts) if encode_batch else [tok.encode(t) for t in texts]
-  n_tokens = sum(len(i) for i in ids)
-  if n_tokens == 0:
-    raise ValueError("bytes_per_token needs at least one token")
-  return n_bytes / n_tokens

@@ -113,8 +113,12 @@ def save(run_dir: Path, cfg: QuantConfig, scales: dict, stats: dict, meta: dict)
   }
   for name, obj in files.items():
     (tmp / name).write_text(json.dumps(obj, indent=1) + "\n")
-  shutil.rmtree(out, ignore_errors=True)
+  old = out.with_name(".quant-old")
+  shutil.rmtree(old, ignore_errors=True)
+  if out.exists():
+    out.rename(old)  # never a moment without a complete quant/ (old or new) on disk
   tmp.rename(out)
+  shutil.rmtree(old, ignore_errors=True)
 
 
 def calibrate_run(
@@ -123,13 +127,12 @@ def calibrate_run(
   """Calibrate the run's `bitnet` model on its training data; writes `quant/`."""
   from mmfree.api import read_params
   from mmfree.data import pipeline
-  from mmfree.data.sources import load_data
-  from mmfree.evaluate import with_model_tokenizer
+  from mmfree.evaluate import load_model_data
   from mmfree.train.checkpoint import build_model
 
   model_cfg, params = read_params(Path(run_dir))
   model = build_model(model_cfg.replace(precision="bitnet"), params)
-  data = load_data(with_model_tokenizer(data_cfg, Path(run_dir)))
+  data = load_model_data(data_cfg, Path(run_dir), model_cfg.vocab_size)
   it = pipeline.batches(data.train_N, batch_size, seq_len, seed=0)
   batches = [next(it)[:, :-1] for _ in range(num_batches)]
   scales, stats = calibrate(model, batches, cfg)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from mmfree.files import write_json
 from mmfree.models import MMfreeLM, ModelConfig
 
 CONFIG = "config.json"
@@ -21,9 +22,7 @@ CHECKPOINTS = "checkpoints"
 def write_config(run_dir: Path, model_cfg: ModelConfig, **sections):
   """Write `config.json` atomically: {"model": ..., **sections}."""
   run_dir.mkdir(parents=True, exist_ok=True)
-  tmp = run_dir / (CONFIG + ".tmp")
-  tmp.write_text(json.dumps({"model": model_cfg.to_dict(), **sections}, indent=2) + "\n")
-  tmp.replace(run_dir / CONFIG)
+  write_json(run_dir / CONFIG, {"model": model_cfg.to_dict(), **sections})
 
 
 def read_config(run_dir: Path) -> dict:

@@ -46,9 +46,13 @@ class TrainConfig:
   init_from: str = ""  # a run directory or Hugging Face checkpoint to fine-tune from
 
   def __post_init__(self):
-    for name in ("steps", "batch_size", "seq_len", "grad_accum", "log_every", "eval_every"):
+    positive = ("steps", "batch_size", "seq_len", "grad_accum", "log_every", "eval_every",
+                "eval_windows", "ckpt_every", "keep_checkpoints")  # fmt: skip
+    for name in positive:
       if getattr(self, name) < 1:
         raise ValueError(f"train.{name}={getattr(self, name)}: must be a positive integer")
+    if self.warmup_steps < 0:
+      raise ValueError(f"train.warmup_steps={self.warmup_steps}: must be >= 0")
     if self.batch_size % self.grad_accum:
       raise ValueError(f"train.grad_accum={self.grad_accum} must divide train.batch_size")
 
@@ -83,7 +87,8 @@ def make_steps(graphdef, tx, grad_accum: int = 1):
   grad_fn = jax.value_and_grad(loss_fn)
 
   def accumulated(params, batch_BxT1):
-    micro_KxbxT1 = batch_BxT1.reshape(grad_accum, -1, batch_BxT1.shape[-1])
+    # Strided micro-batches: each keeps rows from every device of the data-sharded batch.
+    micro_KxbxT1 = batch_BxT1.reshape(-1, grad_accum, batch_BxT1.shape[-1]).swapaxes(0, 1)
 
     def add(carry, micro_bxT1):
       loss, grads = grad_fn(params, micro_bxT1)
@@ -132,6 +137,13 @@ def _data_sharding():
   return NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
 
 
+def _diverged(what: str, mgr) -> FloatingPointError:
+  return FloatingPointError(
+    f"{what}; the last good checkpoint is step {mgr.latest_step()} in {mgr.directory}. "
+    "Rerun in a new --workdir with a lower train.lr or more train.warmup_steps."
+  )
+
+
 def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data, tracker: Tracker) -> dict:
   """Train into `run_dir`, resuming from its latest checkpoint; returns the final metrics."""
   run_dir = Path(run_dir)
@@ -148,8 +160,8 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data, tracker
   with checkpoint.manager(run_dir, cfg.keep_checkpoints) as mgr:
     if mgr.latest_step() is not None:
       params, opt_state, start = checkpoint.restore_train_state(mgr, params, opt_state, replicated)
-      tracker.jsonl.truncate_after(start)  # rows past the checkpoint are replayed exactly
       print(f"resuming {run_dir} from step {start}")
+    tracker.jsonl.truncate_after(start)  # rows past the last checkpoint are replayed exactly
     if start >= cfg.steps:
       return {}
     params, opt_state = jax.device_put((params, opt_state), replicated)
@@ -166,11 +178,7 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data, tracker
       new_params, new_opt_state, loss, gnorm = train_step(params, opt_state, batch)
       loss = float(loss)
       if not math.isfinite(loss):
-        last = mgr.latest_step()
-        raise FloatingPointError(
-          f"loss became {loss} at step {step}; the last good checkpoint is step {last} in "
-          f"{run_dir / checkpoint.CHECKPOINTS}. Lower train.lr or raise train.warmup_steps."
-        )
+        raise _diverged(f"loss became {loss} at step {step}", mgr)
       params, opt_state = new_params, new_opt_state
       steps_since += 1
       if step == start + 1:  # leave compilation out of tokens/s
@@ -189,10 +197,7 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data, tracker
         final.update(ev)
       if step % cfg.ckpt_every == 0 or step == cfg.steps:
         if not all(jnp.isfinite(x).all() for x in jax.tree.leaves(params)):
-          raise FloatingPointError(
-            f"parameters became non-finite by step {step}; the last good checkpoint is step "
-            f"{mgr.latest_step()}. Lower train.lr or raise train.warmup_steps."
-          )
+          raise _diverged(f"parameters became non-finite by step {step}", mgr)
         checkpoint.save_train_state(mgr, step, params, opt_state)
     bar.close()
   return final
