@@ -8,7 +8,7 @@ import pytest
 import sentencepiece
 
 from mmfree.data import corpus as corpus_lib
-from mmfree.data import sources
+from mmfree.data import streams
 from mmfree.data.pipeline import batches, tokenize_docs
 from mmfree.data.sources import DataConfig, documents, load_data, train_tokenizer
 from mmfree.data.tokenizers import (
@@ -193,8 +193,8 @@ def test_tokenizer_paths(text_dir, tmp_path):
 
 def test_cache_hit_and_invalidation(text_dir, tmp_path, monkeypatch):
   calls = []
-  real = sources.tokenize_docs
-  monkeypatch.setattr(sources, "tokenize_docs", lambda *a, **k: calls.append(1) or real(*a, **k))
+  real = streams.tokenize_docs
+  monkeypatch.setattr(streams, "tokenize_docs", lambda *a, **k: calls.append(1) or real(*a, **k))
   cfg = DataConfig(source="text", path=str(text_dir), val_fraction=0.3, vocab_size=300)
   first = load_data(cfg, tmp_path / "c")
   n_calls = len(calls)
@@ -257,3 +257,18 @@ def test_train_tokenizer(text_dir, tmp_path):
 def test_bad_config_names_field(kwargs, field):
   with pytest.raises(ValueError, match=f"data.{field}="):
     DataConfig(**kwargs)
+
+
+def test_streamed_tokenization_equals_tokenizing_everything_at_once(
+  text_dir, tmp_path, monkeypatch
+):
+  monkeypatch.setattr(streams, "ENCODE_DOCS", 2)  # many small chunks
+  monkeypatch.setattr(streams, "COPY", 5)  # and a raw-to-.npy copy in pieces
+  cfg = DataConfig(source="text", path=str(text_dir), val_fraction=0.3, tokenizer="byte")
+  data = load_data(cfg, tmp_path / "c")
+  train, val, _ = documents(cfg)
+  tok = data.tokenizer
+  np.testing.assert_array_equal(data.train_N, tokenize_docs(train, tok))
+  np.testing.assert_array_equal(data.val_N, tokenize_docs(val, tok))
+  assert data.info["documents"] == {"train": len(train), "val": len(val)}
+  assert data.info["val_bytes_per_token"] == sum(len(d.encode()) for d in val) / data.val_N.size

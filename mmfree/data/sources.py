@@ -22,17 +22,16 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import tokenizers
-from tqdm import tqdm
 
 from mmfree.data import readers
 from mmfree.data.corpus import embedded_corpus, held_out
-from mmfree.data.pipeline import tokenize_docs
 from mmfree.data.readers import field_error
+from mmfree.data.streams import save_stream, tokenize_splits
 from mmfree.data.tokenizers import (
   BYTE_FILE,
   HF_FILE,
@@ -50,7 +49,6 @@ from mmfree.data.tokenizers import (
 SOURCES = ("embedded", "text", "jsonl", "tokens", "hf")
 _CACHE_VERSION = 1  # bump when what a cache entry holds, or how it is made, changes
 _META = "meta.json"
-_ENCODE_DOCS = 1024  # documents per encode_batch: bounded memory and a moving progress bar
 _MIN_BPE_VOCAB = 258  # 256 bytes + <s> + </s>
 
 
@@ -131,30 +129,46 @@ def _read(cfg: DataConfig, spec: str, field: str) -> Iterator[tuple[str, str]]:
   return ((n, t) for n, t in itertools.islice(docs, cfg.max_docs or None) if t)
 
 
-def documents(cfg: DataConfig) -> tuple[list[str], list[str], dict]:
-  """Train and val documents, and what to record about where they came from."""
+def iter_documents(cfg: DataConfig) -> Iterator[tuple[str, str]]:
+  """(split, text) for every document, streamed: nothing is held but the current one."""
   if cfg.source == "tokens":
     raise field_error("source", "tokens", "token files hold ids, not documents; use a text source")
   if cfg.source == "embedded":
     corpus = embedded_corpus(cfg.val_fraction)
-    return corpus.train, corpus.val, {"corpus_meta": corpus.meta}
-  if cfg.val_path:
-    train = [t for _, t in _read(cfg, cfg.path, "path")]
-    val = [t for _, t in _read(cfg, cfg.val_path, "val_path")]
+    yield from (("train", t) for t in corpus.train)
+    yield from (("val", t) for t in corpus.val)
+  elif cfg.val_path:
+    yield from (("train", t) for _, t in _read(cfg, cfg.path, "path"))
+    yield from (("val", t) for _, t in _read(cfg, cfg.val_path, "val_path"))
   else:
-    train, val = [], []
     for name, text in _read(cfg, cfg.path, "path"):
       # The seed salts the hash; seed 0 hashes the bare name, like the embedded corpus.
       is_val = held_out(f"{cfg.seed}/{name}" if cfg.seed else name, cfg.val_fraction)
-      (val if is_val else train).append(text)
-  for split, docs in (("train", train), ("val", val)):
-    if not docs:
+      yield ("val" if is_val else "train"), text
+
+
+def _check_splits(cfg: DataConfig, counts: dict[str, int]):
+  for split in ("train", "val"):
+    if not counts.get(split):
       raise ValueError(
         f"{cfg.source} source {cfg.path!r}: no {split} documents "
-        f"({len(train) + len(val)} read, data.val_fraction={cfg.val_fraction}); "
+        f"({sum(counts.values())} read, data.val_fraction={cfg.val_fraction}); "
         "use more documents, another data.val_fraction or data.val_path"
       )
-  return train, val, {}
+
+
+def documents(cfg: DataConfig) -> tuple[list[str], list[str], dict]:
+  """Train and val documents in memory (small sources), and what to record about them."""
+  docs = {"train": [], "val": []}
+  for split, text in iter_documents(cfg):
+    docs[split].append(text)
+  _check_splits(cfg, {k: len(v) for k, v in docs.items()})
+  info = {"corpus_meta": embedded_corpus(cfg.val_fraction).meta} if cfg.source == "embedded" else {}
+  return docs["train"], docs["val"], info
+
+
+def _train_texts(cfg: DataConfig) -> Iterator[str]:
+  return (t for split, t in iter_documents(cfg) if split == "train")
 
 
 # Tokenizers.
@@ -187,9 +201,10 @@ def _tokenizer_id(cfg: DataConfig) -> str:
 
 
 def resolve_tokenizer(
-  cfg: DataConfig, train_docs: Sequence[str], cache_dir: Path | None = None
+  cfg: DataConfig, train_docs: Iterable[str], cache_dir: Path | None = None, key: str | None = None
 ) -> Tokenizer | None:
-  """The tokenizer `cfg.tokenizer` names; "bpe" is trained on `train_docs` (cached in cache_dir).
+  """The tokenizer `cfg.tokenizer` names; "bpe" is trained on `train_docs` (cached in cache_dir,
+  by `key` when given, else by a hash of the documents).
 
   None for token files without a tokenizer: their ids are all there is.
   """
@@ -198,7 +213,7 @@ def resolve_tokenizer(
   if cfg.tokenizer == "bpe":
     if cfg.source == "tokens":
       return None
-    return train_bpe(train_docs, cfg.vocab_size, cache_dir or default_cache_dir())
+    return train_bpe(train_docs, cfg.vocab_size, cache_dir or default_cache_dir(), key)
   p = _tokenizer_path(cfg)
   if p.is_dir():
     if (tok := load_tokenizer(p)) is None:
@@ -218,31 +233,6 @@ def resolve_tokenizer(
 # Token streams.
 
 
-def _tokenize(docs: list[str], tok: Tokenizer, split: str) -> list[np.ndarray]:
-  parts = []
-  with tqdm(
-    total=len(docs), desc=f"tokenize {split}", unit="doc", disable=len(docs) < 10 * _ENCODE_DOCS
-  ) as bar:
-    for i in range(0, len(docs), _ENCODE_DOCS):
-      chunk = docs[i : i + _ENCODE_DOCS]
-      bos, eos = tok.bos_id is not None, tok.eos_id is not None
-      parts.append(tokenize_docs(chunk, tok, add_bos=bos, add_eos=eos))
-      bar.update(len(chunk))
-  return parts
-
-
-def _save_stream(parts: Sequence[np.ndarray], path: Path) -> int:
-  """Parts written one after another as one 1-D `.npy`, never concatenated in memory."""
-  n = sum(p.size for p in parts)
-  out_N = np.lib.format.open_memmap(path, mode="w+", dtype=np.result_type(*parts), shape=(n,))
-  start = 0
-  for p in parts:
-    out_N[start : start + p.size] = p
-    start += p.size
-  out_N.flush()
-  return n
-
-
 def _token_stream(spec: str, field: str, vocab_size: int, out: Path) -> list:
   """The token files `spec` names, checked, as one stream: [its .npy file, start, stop].
 
@@ -252,7 +242,7 @@ def _token_stream(spec: str, field: str, vocab_size: int, out: Path) -> list:
   arrays = [readers.token_ids(f, vocab_size) for f in files]
   if len(files) == 1:
     return [str(files[0].resolve()), 0, arrays[0].size]
-  return [out.name, 0, _save_stream(arrays, out)]
+  return [out.name, 0, save_stream(arrays, out)]
 
 
 def _build_tokens(cfg: DataConfig, root: Path, tmp: Path) -> tuple[Tokenizer | None, dict, dict]:
@@ -275,17 +265,13 @@ def _build_tokens(cfg: DataConfig, root: Path, tmp: Path) -> tuple[Tokenizer | N
 
 
 def _build_docs(cfg: DataConfig, root: Path, tmp: Path) -> tuple[Tokenizer, dict, dict]:
-  train, val, info = documents(cfg)
-  tok = resolve_tokenizer(cfg, train, root / "tokenizers")
-  streams = {}
-  for split, docs in (("train", train), ("val", val)):
-    n = _save_stream(_tokenize(docs, tok, split), tmp / f"{split}.npy")
-    streams[split] = [f"{split}.npy", 0, n]
-  val_bytes = sum(len(d.encode()) for d in val)
-  info |= {
-    "documents": {"train": len(train), "val": len(val)},
-    "val_bytes_per_token": val_bytes / streams["val"][2],
-  }
+  # Two streaming passes when a BPE is trained: one to train it, one to tokenize.
+  tok = resolve_tokenizer(cfg, _train_texts(cfg), root / "tokenizers", key=_docs_key(cfg))
+  counts, sizes, val_bytes = tokenize_splits(iter_documents(cfg), tok, tmp)
+  _check_splits(cfg, counts)
+  streams = {split: [f"{split}.npy", 0, n] for split, n in sizes.items()}
+  info = {"corpus_meta": embedded_corpus(cfg.val_fraction).meta} if cfg.source == "embedded" else {}
+  info |= {"documents": counts, "val_bytes_per_token": val_bytes / sizes["val"]}
   return tok, streams, info
 
 
@@ -322,6 +308,17 @@ def _cache_key(cfg: DataConfig) -> str:
     "inputs": _inputs(cfg),
     "tokenizer": _tokenizer_id(cfg),
   }
+  return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _docs_key(cfg: DataConfig) -> str | None:
+  """What identifies the train documents without reading them; None: hash their text instead."""
+  if cfg.source == "embedded":
+    return None  # small and in memory: the content hash is exact
+  fields = {
+    k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("tokenizer", "vocab_size")
+  }
+  key = {"version": _CACHE_VERSION, "config": fields, "inputs": _inputs(cfg)}
   return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -403,7 +400,6 @@ def train_tokenizer(cfg: DataConfig, vocab_size: int, out_dir: Path) -> Tokenize
   """A byte-level BPE trained on the train documents of `cfg`, saved as out_dir/tokenizer.json."""
   if vocab_size < _MIN_BPE_VOCAB:
     raise ValueError(f"vocab_size={vocab_size}: a byte-level BPE needs >= {_MIN_BPE_VOCAB}")
-  train, _, _ = documents(cfg)
-  tok = train_bpe(train, vocab_size)
+  tok = train_bpe(_train_texts(cfg), vocab_size)  # one streaming pass, nothing cached
   tok.save(Path(out_dir))
   return tok

@@ -161,19 +161,26 @@ def _atomic_save(tok: HFTokenizer, path: Path) -> None:
   os.replace(tmp, path)
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, cache_dir: Path | None = None) -> HFTokenizer:
-  """A byte-level BPE with <s> and </s>; cached by texts, vocab size and library version."""
-  texts = list(texts)
-  h = hashlib.sha256()
-  for t in texts:
-    h.update(t.encode())
-    h.update(b"\x00")
-  key = hashlib.sha256(
-    f"{h.hexdigest()}/{vocab_size}/tokenizers-{tokenizers.__version__}".encode()
-  ).hexdigest()
-  path = Path(cache_dir) / f"bpe-{vocab_size}-{key[:16]}" / HF_FILE if cache_dir else None
-  if path is not None and path.is_file():
-    return HFTokenizer.from_file(path)
+def train_bpe(
+  texts: Iterable[str], vocab_size: int, cache_dir: Path | None = None, key: str | None = None
+) -> HFTokenizer:
+  """A byte-level BPE with <s> and </s>, trained in one streaming pass over `texts`.
+
+  Cached in `cache_dir` by `key` (which must identify the texts), or by a hash of the texts.
+  """
+  path = None
+  if cache_dir is not None:
+    if key is None:
+      texts = list(texts)
+      h = hashlib.sha256()
+      for t in texts:
+        h.update(t.encode())
+        h.update(b"\x00")
+      key = h.hexdigest()
+    key = hashlib.sha256(f"{key}/{vocab_size}/tokenizers-{tokenizers.__version__}".encode())
+    path = Path(cache_dir) / f"bpe-{vocab_size}-{key.hexdigest()[:16]}" / HF_FILE
+    if path.is_file():
+      return HFTokenizer.from_file(path)
 
   tok = tokenizers.Tokenizer(tokenizers.models.BPE())
   tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
