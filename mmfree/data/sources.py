@@ -15,6 +15,7 @@ bpb = loss_nats / ln 2 / val_bytes_per_token. Token sources have no bytes: it is
 
 import contextlib
 import dataclasses
+import fcntl
 import glob
 import hashlib
 import itertools
@@ -375,25 +376,42 @@ def load_data(cfg: DataConfig, cache_dir: Path | None = None) -> Data:
   root = Path(cache_dir) if cache_dir else default_cache_dir().parent
   entry = root / "tokens" / _cache_key(cfg)
   if not (entry / _META).is_file():
-    with _fresh_dir(entry) as tmp:
-      build = _build_tokens if cfg.source == "tokens" else _build_docs
-      tok, streams, info = build(cfg, root, tmp)
-      vocab_size = tok.vocab_size if tok else cfg.vocab_size
-      train_N = _stream(tmp, streams["train"])
-      info = {
-        "config": dataclasses.asdict(cfg),
-        "description": _describe(cfg),
-        **info,
-        "vocab_size": vocab_size,
-        "train_tokens": int(train_N.size),
-        "val_tokens": int(streams["val"][2] - streams["val"][1]),
-        "unigram_entropy_nats": unigram_entropy(train_N, vocab_size),
-      }
-      del train_N  # the memmap holds the file open
-      if tok is not None:
-        tok.save(tmp)
-      (tmp / _META).write_text(json.dumps({"streams": streams, "info": info}, indent=2) + "\n")
+    with _building(entry):
+      if not (entry / _META).is_file():  # another process may have built it while we waited
+        _build(cfg, root, entry)
   return _open(entry)
+
+
+@contextlib.contextmanager
+def _building(entry: Path):
+  """One builder per cache entry: sweep workers on a cold cache wait instead of duplicating."""
+  locks = entry.parent.parent / "locks"
+  locks.mkdir(parents=True, exist_ok=True)
+  with (locks / f"{entry.name}.lock").open("w") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    yield
+
+
+def _build(cfg: DataConfig, root: Path, entry: Path):
+  """Tokenize `cfg` into a fresh cache entry, renamed into place when complete."""
+  with _fresh_dir(entry) as tmp:
+    build = _build_tokens if cfg.source == "tokens" else _build_docs
+    tok, streams, info = build(cfg, root, tmp)
+    vocab_size = tok.vocab_size if tok else cfg.vocab_size
+    train_N = _stream(tmp, streams["train"])
+    info = {
+      "config": dataclasses.asdict(cfg),
+      "description": _describe(cfg),
+      **info,
+      "vocab_size": vocab_size,
+      "train_tokens": int(train_N.size),
+      "val_tokens": int(streams["val"][2] - streams["val"][1]),
+      "unigram_entropy_nats": unigram_entropy(train_N, vocab_size),
+    }
+    del train_N  # the memmap holds the file open
+    if tok is not None:
+      tok.save(tmp)
+    (tmp / _META).write_text(json.dumps({"streams": streams, "info": info}, indent=2) + "\n")
 
 
 def train_tokenizer(cfg: DataConfig, vocab_size: int, out_dir: Path) -> Tokenizer:
