@@ -172,7 +172,7 @@ def parser() -> argparse.ArgumentParser:
 
   g = sub.add_parser("generate", help="stream a continuation of a prompt")
   g.add_argument("path", help="run directory or Hugging Face checkpoint directory")
-  g.add_argument("--prompt", default="The ")
+  g.add_argument("--prompt", default="The")
   g.add_argument("--max-new-tokens", type=int, default=64)
   g.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
   g.add_argument("--top-k", type=int, default=None)
