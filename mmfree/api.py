@@ -158,4 +158,9 @@ def load(path, precision: str | None = None, step: int | None = None) -> Languag
   if precision is not None:
     cfg = cfg.replace(precision=precision)
   model = checkpoint.build_model(cfg, params)
+  if cfg.precision == "hw":  # the frozen scales of `mmfree quantize calibrate`
+    from mmfree.quant import calibrate
+    from mmfree.quant.points import set_hw
+
+    set_hw(model, *calibrate.load(path))
   return LanguageModel(model, load_tokenizer(path), source=str(path))

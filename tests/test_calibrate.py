@@ -25,7 +25,8 @@ def model_and_batches():
 
 def test_pow2_ceil_scales_never_clip_what_they_were_calibrated_on(model_and_batches):
   scales, stats = calibrate.calibrate(*model_and_batches, QuantConfig())
-  assert {calibrate.point_name(k) for k in scales} == set(ALL_POINTS)
+  # per-token BitLinear inputs are quantized by the layer, not with a frozen scale
+  assert {calibrate.point_name(k) for k in scales} == set(ALL_POINTS) - {"bitlinear_in"}
   for key, s in scales.items():
     assert math.log2(s.scale) == round(math.log2(s.scale)), key  # a shift
     assert stats[key]["saturation"] == 0, key

@@ -4,8 +4,8 @@ import dataclasses
 import math
 from typing import Literal
 
-Precision = Literal["float", "bitnet"]
-PRECISIONS = ("float", "bitnet")
+Precision = Literal["float", "bitnet", "hw"]
+PRECISIONS = ("float", "bitnet", "hw")
 SCANS = ("associative", "sequential")
 MATMUL_DTYPES = ("float32", "bfloat16")
 

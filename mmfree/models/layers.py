@@ -4,7 +4,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mmfree.loihi import fixed
 from mmfree.quant import bitnet
+from mmfree.quant import hw as hw_lib
 from mmfree.quant.points import point
 
 
@@ -24,6 +26,25 @@ class RMSNorm(nnx.Module):
     ms_BxTx1 = point(self, "rms_ms", jnp.mean(jnp.square(x), axis=-1, keepdims=True))
     inv_BxTx1 = point(self, "rms_inv", jax.lax.rsqrt(ms_BxTx1 + self.eps))
     return point(self, "rms_out", x * inv_BxTx1) * self.weight[...]
+
+
+def hw_input(layer: nnx.Module, x_BxTxI):
+  """The int8 input of a BitLinear at `hw`: a per-token power-of-two shift (no division), or
+  the static calibrated scale of its `bitlinear_in` point."""
+  hw = getattr(layer, "hw", None)
+  if hw is None:
+    raise ValueError(
+      "precision 'hw' needs calibrated scales: run `mmfree quantize calibrate RUN_DIR`, then "
+      "load with mmfree.load(RUN_DIR, precision='hw')"
+    )
+  s = hw.scale("bitlinear_in")
+  if hw.cfg.bitlinear_input == "static" and s is not None:
+    s_x = jnp.asarray(1.0 / s.scale, jnp.float32)  # x already lies on this grid
+  else:
+    amax_BxTx1 = jax.lax.stop_gradient(jnp.max(jnp.abs(x_BxTxI), axis=-1, keepdims=True))
+    s_x = 2.0 ** -fixed.pow2_exponent(amax_BxTx1, 8).astype(jnp.float32)
+  u = x_BxTxI * s_x
+  return hw_lib.ste(jnp.clip(jnp.round(u), -128, 127), u), s_x
 
 
 class BitLinear(nnx.Module):
@@ -69,10 +90,17 @@ class BitLinear(nnx.Module):
       if self.beta is not None:
         raise ValueError("a frozen BitLinear holds ternary weights: it cannot run at `float`")
       return self._matmul(x_BxTxI, self.kernel[...])
-    x_q, s_BxTx1 = bitnet.act_quant_int8(x_BxTxI)
+    if self.precision == "hw":
+      x_q, s_BxTx1 = hw_input(self, x_BxTxI)
+    else:
+      x_q, s_BxTx1 = bitnet.act_quant_int8(x_BxTxI)
     w_q, beta = self.quantized_weight()
     # Integer-valued operands: the float32 accumulate is exact while |sum| < 2^24.
-    return point(self, "bitlinear_acc", self._matmul(x_q, w_q)) * (beta / s_BxTx1)
+    acc_BxTxO = self._matmul(x_q, w_q)
+    if self.precision == "hw":
+      lo, hi = fixed.int_range(self.hw.cfg.acc_bits)
+      acc_BxTxO = hw_lib.ste(jnp.clip(acc_BxTxO, lo, hi), acc_BxTxO)
+    return point(self, "bitlinear_acc", acc_BxTxO) * (beta / s_BxTx1)
 
   def _matmul(self, x_BxTxI, w_IxO):
     dt = jnp.dtype(self.matmul_dtype)

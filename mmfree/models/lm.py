@@ -1,5 +1,6 @@
 """GLU channel mixer, pre-norm block and the full language model."""
 
+import functools
 import math
 
 import jax
@@ -9,6 +10,7 @@ from flax import nnx
 from mmfree.models.config import ModelConfig
 from mmfree.models.layers import BitLinear, RMSNorm
 from mmfree.models.mlgru import MLGRU
+from mmfree.quant import hw as hw_lib
 from mmfree.quant.points import point
 
 
@@ -27,7 +29,9 @@ class GLU(nnx.Module):
 
   def __call__(self, x_BxTxH):
     g_BxTxI, u_BxTxI = jnp.split(self.gate_proj(x_BxTxH), 2, axis=-1)
-    s_BxTxI = point(self, "glu_silu", jax.nn.silu(point(self, "glu_gate", g_BxTxI)))
+    hw = getattr(self, "hw", None)
+    silu = jax.nn.silu if hw is None else functools.partial(hw_lib.silu, cfg=hw.cfg)
+    s_BxTxI = point(self, "glu_silu", silu(point(self, "glu_gate", g_BxTxI)))
     p_BxTxI = point(self, "glu_prod", s_BxTxI * point(self, "glu_up", u_BxTxI))
     return self.down_proj(p_BxTxI)
 

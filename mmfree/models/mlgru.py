@@ -1,13 +1,16 @@
 """MLGRU token mixer: an elementwise linear recurrence h_t = f_t ⊙ h_{t−1} + c_t."""
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mmfree.loihi import fixed, neurons
 from mmfree.models.config import ModelConfig
 from mmfree.models.layers import BitLinear, RMSNorm
+from mmfree.quant import hw as hw_lib
 from mmfree.quant.points import point
 
 
@@ -67,13 +70,46 @@ class MLGRU(nnx.Module):
 
   def __call__(self, x_BxTxH, lb_D, h0_BxD):
     """Returns the output [B, T, H] and the last state h_{T−1} [B, D] (float32)."""
-    f_BxTxD = point(self, "f_sigma", jax.nn.sigmoid(self.f_proj(x_BxTxH)))
-    if lb_D is not None and self.layer_idx > 0:
-      f_BxTxD = lb_D + (1 - lb_D) * f_BxTxD
-    f_BxTxD = point(self, "f_lb", f_BxTxD)
-    c_BxTxD = point(self, "c", jax.nn.silu(self.i_proj(x_BxTxH)) * (1 - f_BxTxD))
-    h_BxTxD = recurrence(f_BxTxD, c_BxTxD, h0_BxD.astype(jnp.float32), self.scan)
+    hw = getattr(self, "hw", None)
+    lb_D = lb_D if self.layer_idx > 0 else None
+    f_pre, i_pre = self.f_proj(x_BxTxH), self.i_proj(x_BxTxH)
+    sig_BxTxD = jax.nn.sigmoid(f_pre)
+    f_BxTxD = sig_BxTxD if lb_D is None else lb_D + (1 - lb_D) * sig_BxTxD
+    c_BxTxD = jax.nn.silu(i_pre) * (1 - f_BxTxD)
+    h0_BxD = h0_BxD.astype(jnp.float32)
+    if hw is None:
+      point(self, "f_sigma", sig_BxTxD)
+      f_BxTxD = point(self, "f_lb", f_BxTxD)
+      c_BxTxD = point(self, "c", c_BxTxD)
+      h_BxTxD = recurrence(f_BxTxD, c_BxTxD, h0_BxD, self.scan)
+      silu = jax.nn.silu
+    else:
+      f_BxTxD, c_BxTxD, h_BxTxD = self._hw_gates(hw, f_pre, i_pre, lb_D, f_BxTxD, c_BxTxD, h0_BxD)
+      silu = functools.partial(hw_lib.silu, cfg=hw.cfg)
     h_BxTxD = point(self, "h", h_BxTxD)  # every step's state: what the neuron holds
     g_BxTxD = point(self, "g_norm", self.g_norm(self.g_proj(x_BxTxH)))
-    o_BxTxD = point(self, "gated", g_BxTxD * point(self, "silu_h", jax.nn.silu(h_BxTxD)))
+    o_BxTxD = point(self, "gated", g_BxTxD * point(self, "silu_h", silu(h_BxTxD)))
     return self.o_proj(o_BxTxD), h_BxTxD[:, -1]
+
+  def _hw_gates(self, hw, f_pre, i_pre, lb_D, f_float, c_float, h0_BxD):
+    """The fused MLGRU neuron in fixed point: LUT σ, lower bound, SiLU(i)·(1−f), integrator."""
+    F, cfg = hw.cfg.lut_out_frac, hw.cfg
+    sig_q = hw_lib.sigmoid_q(f_pre, cfg)
+    point(self, "f_sigma", hw_lib.ste(sig_q * 2.0**-F, jax.nn.sigmoid(f_pre)))
+    f_q = sig_q if lb_D is None else hw_lib.forget_q(sig_q, lb_D, cfg)
+    f_BxTxD = point(self, "f_lb", hw_lib.ste(f_q * 2.0**-F, f_float))
+    if cfg.nonlinearity == "relu":
+      c_BxTxD = jax.nn.relu(i_pre) * (1 - f_BxTxD)
+    else:
+      silu_q = neurons.silu_int(hw_lib.lut_input(i_pre, cfg, hw_lib.WIDE_BITS), hw_lib.lut(
+        cfg.lut_size, cfg.lut_in_frac, F, cfg.lut_x_max), cfg.rounding)  # fmt: skip
+      c_q = fixed.mul_shift(silu_q, neurons.one_minus(f_q, F), F, hw_lib.WIDE_BITS,
+                            hw_lib.WIDE_BITS, F + 2, cfg.rounding)  # fmt: skip
+      c_BxTxD = hw_lib.ste(c_q * 2.0**-cfg.lut_in_frac, c_float)
+    c_BxTxD = point(self, "c", c_BxTxD)
+    s_h = hw.scale("h")
+    h_float = recurrence(f_BxTxD, c_BxTxD, h0_BxD, self.scan)
+    if s_h is None:  # the state left unquantized
+      return f_BxTxD, c_BxTxD, h_float
+    h_BxTxD = hw_lib.integrate(f_q, c_BxTxD, h0_BxD, s_h, cfg)
+    return f_BxTxD, c_BxTxD, hw_lib.ste(h_BxTxD, h_float)

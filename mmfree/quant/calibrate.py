@@ -68,6 +68,8 @@ def calibrate(model: nnx.Module, batches: list, cfg: QuantConfig) -> tuple[dict,
     if not cfg.enabled(name):
       continue
     amax = observe(recs, cfg)
+    if name == "bitlinear_in" and cfg.bitlinear_input == "per_token":
+      continue  # quantized per token by its BitLinear, not with a frozen scale
     scales[key] = choose_scale(amax, cfg.bits_of(name), cfg)
     stats[key] = {
       "point": name,

@@ -21,9 +21,16 @@ POW2_MODES = ("ceil", "nearest")
 ROUNDINGS = ("half_even", "floor")
 BITLINEAR_INPUTS = ("per_token", "static")
 OBSERVERS = ("minmax", "ema", "percentile")
-RMSNORMS = ("int", "float")
 NONLINEARITIES = ("silu", "relu")
 MAX_BITS = 24  # graded spikes carry up to 24 bits (spec: loihi2.md)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+  """A frozen per-tensor scale: values become round(x / scale) clipped to `bits` signed bits."""
+
+  scale: float
+  bits: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,9 +51,7 @@ class QuantConfig:
   lut_x_max: float = 8.0
   lut_in_frac: int = 6  # Q-format of the table's input
   lut_out_frac: int = 8  # and of its output
-  rmsnorm: str = "int"  # int (integer inverse sqrt) | float
-  rsqrt_frac: int = 12  # fraction bits of the inverse square root (Lava's InvSqrt: 12)
-  nonlinearity: str = "silu"  # silu | relu (relufication: sparser activity)
+  nonlinearity: str = "silu"  # silu | relu (relufication at `hw`: sparser activity)
   bits: tuple[str, ...] = ()  # per-point widths, e.g. ("h=24", "c=12")
   disabled: tuple[str, ...] = ()  # points left unquantized
 
@@ -57,7 +62,6 @@ class QuantConfig:
       "rounding": ROUNDINGS,
       "bitlinear_input": BITLINEAR_INPUTS,
       "observer": OBSERVERS,
-      "rmsnorm": RMSNORMS,
       "nonlinearity": NONLINEARITIES,
     }
     for name, valid in choices.items():

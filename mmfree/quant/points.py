@@ -12,6 +12,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mmfree.quant import hw as hw_lib
+from mmfree.quant.config import Scale
+
 PROBES = ("stats", "measure", "values")
 PREFIX = "point_"  # sown attribute names: points may share a name with a submodule
 
@@ -23,23 +26,24 @@ class Probe:
   rounding: str = "half_even"
 
 
-@dataclasses.dataclass(frozen=True)
-class Scale:
-  """A frozen per-tensor scale: values become round(x / scale) clipped to `bits` signed bits."""
-
-  scale: float
-  bits: int
-
-
 def _round(u, rounding: str):
   return jnp.round(u) if rounding == "half_even" else jnp.floor(u)
 
 
 def point(module: nnx.Module, name: str, x):
-  """Mark `x` as quantization point `name` of `module`; returns `x` unchanged."""
+  """Mark `x` as quantization point `name` of `module`: at `hw`, quantize it to its frozen scale."""
   probe: Probe | None = getattr(module, "probe", None)
-  if probe is None:
-    return x
+  if probe is not None and probe.kind != "values":
+    _record(module, name, x, probe)
+  hw: hw_lib.Hw | None = getattr(module, "hw", None)
+  if hw is not None and name not in hw_lib.FIXED_POINTS and (s := hw.scale(name)) is not None:
+    x = hw_lib.fake_quant(x, s, hw.cfg.rounding)
+  if probe is not None and probe.kind == "values":
+    _record(module, name, x, probe)
+  return x
+
+
+def _record(module: nnx.Module, name: str, x, probe: Probe):
   x32 = jax.lax.stop_gradient(x).astype(jnp.float32)
   if probe.kind == "stats":
     a = jnp.abs(x32)
@@ -52,7 +56,7 @@ def point(module: nnx.Module, name: str, x):
     }
   elif probe.kind == "measure":
     if name not in getattr(module, "qscales", {}):
-      return x  # a disabled point: nothing quantizes it
+      return  # a disabled point: nothing quantizes it
     s: Scale = module.qscales[name]
     hi = 2 ** (s.bits - 1) - 1
     u = _round(x32 / s.scale, probe.rounding)
@@ -66,7 +70,6 @@ def point(module: nnx.Module, name: str, x):
   else:
     record = x32
   module.sow(nnx.Intermediate, PREFIX + name, record)
-  return x
 
 
 def set_probe(model: nnx.Module, probe: Probe | None):
@@ -77,14 +80,28 @@ def set_probe(model: nnx.Module, probe: Probe | None):
     m.probe = probe
 
 
-def set_scales(model: nnx.Module, scales: dict[str, Scale]):
-  """Give each module its frozen scales; `scales` is keyed by 'module.path.point'."""
+def _by_module(model: nnx.Module, scales: dict[str, Scale]):
+  """(module, its {point: scale}) for every module; `scales` is keyed by 'module.path.point'."""
   by_module: dict[str, dict[str, Scale]] = {}
   for key, s in scales.items():
     path, _, name = key.rpartition(".")
     by_module.setdefault(path, {})[name] = s
   for path, m in nnx.iter_modules(model):
-    m.qscales = by_module.get(".".join(map(str, path)), {})
+    yield m, by_module.get(".".join(map(str, path)), {})
+
+
+def set_scales(model: nnx.Module, scales: dict[str, Scale]):
+  """Give each module its frozen scales, for the `measure` probe."""
+  for m, own in _by_module(model, scales):
+    m.qscales = own
+
+
+def set_hw(model: nnx.Module, cfg, scales: dict[str, Scale]):
+  """Switch `model` to the `hw` level with these frozen scales (a QuantConfig `cfg`)."""
+  for m, own in _by_module(model, scales):
+    m.hw = hw_lib.Hw(cfg, tuple(sorted(own.items())))
+    if hasattr(m, "precision"):
+      m.precision = "hw"
 
 
 def recorder(fn):

@@ -1,0 +1,101 @@
+"""The `hw` precision level: the model as the chip computes it, with straight-through gradients.
+
+Every enabled quantization point holds `q · s` with its frozen calibrated scale `s`; σ and SiLU
+are the integer LUT kernels, the forget gate is fixed point, and the MLGRU state is the saturating
+integer integrator. The integer arithmetic is `mmfree.loihi.neurons`, the same functions the
+emulator runs, applied to int32 jax arrays. Values are exact; gradients flow as if through the
+`bitnet` computation (`ste`).
+"""
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from mmfree.loihi import fixed, neurons
+from mmfree.quant.config import QuantConfig, Scale
+
+sg = jax.lax.stop_gradient
+# Points whose format the kernels fix (Q.lut_out_frac gates, integer accumulators): no calibration.
+FIXED_POINTS = ("f_sigma", "f_lb", "bitlinear_acc")
+WIDE_BITS = 22  # SiLU inputs (±2^15 at Q.6): its output grows with its input; int32-safe products
+
+
+@dataclasses.dataclass(frozen=True)
+class Hw:
+  """A module's part of the `hw` level (static): the QuantConfig and its points' frozen scales."""
+
+  cfg: QuantConfig
+  scales: tuple[tuple[str, Scale], ...]
+
+  def scale(self, name: str) -> Scale | None:
+    return dict(self.scales).get(name)
+
+
+def ste(value, float_value):
+  """The value of `value`, the gradient of `float_value` (`u − sg(u)` is exactly zero)."""
+  return sg(value) + (float_value - sg(float_value))
+
+
+def fake_quant(x, s: Scale, rounding: str):
+  """sat(round(x / s)) · s, with a straight-through gradient."""
+  lo, hi = fixed.int_range(s.bits)
+  u = x / s.scale
+  q = jnp.clip(jnp.round(u) if rounding == "half_even" else jnp.floor(u), lo, hi)
+  return ste(q * s.scale, x)
+
+
+@functools.cache
+def lut(table_size: int, in_frac: int, out_frac: int, x_max: float) -> neurons.SigmoidLut:
+  return neurons.sigmoid_lut(table_size, in_frac, out_frac, x_max)
+
+
+def _lut(cfg: QuantConfig) -> neurons.SigmoidLut:
+  return lut(cfg.lut_size, cfg.lut_in_frac, cfg.lut_out_frac, cfg.lut_x_max)
+
+
+def lut_input(x, cfg: QuantConfig, bits: int):
+  """x in the LUT's input format Q.lut_in_frac, as int32."""
+  return fixed.quantize(sg(x), -cfg.lut_in_frac, bits, cfg.rounding, jnp.int32)
+
+
+def sigma_bits(cfg: QuantConfig) -> int:
+  """Enough input bits to reach the end of the table, where σ saturates."""
+  return math.ceil(math.log2(cfg.lut_x_max)) + cfg.lut_in_frac + 1
+
+
+def sigmoid_q(x, cfg: QuantConfig):
+  """σ(x) in Q.lut_out_frac (int32) by the interpolating LUT."""
+  return neurons.sigmoid_int(lut_input(x, cfg, sigma_bits(cfg)), _lut(cfg), cfg.rounding)
+
+
+def silu(x, cfg: QuantConfig):
+  """SiLU(x) by the LUT, in Q.lut_in_frac; `relu` when the config relufies."""
+  if cfg.nonlinearity == "relu":
+    return jax.nn.relu(x)
+  a_q = lut_input(x, cfg, WIDE_BITS)
+  y_q = neurons.silu_int(a_q, _lut(cfg), cfg.rounding)
+  return ste(y_q * 2.0**-cfg.lut_in_frac, jax.nn.silu(x))
+
+
+def forget_q(sig_q, lb_D, cfg: QuantConfig):
+  """f = lb + (1 − lb)·σ in Q.lut_out_frac, with lb quantized to the same format."""
+  F = cfg.lut_out_frac
+  lb_q = fixed.quantize(sg(lb_D), -F, F + 2, cfg.rounding, jnp.int32)
+  return neurons.forget_gate_int(sig_q, lb_q, F, cfg.rounding)
+
+
+def integrate(f_q, c, h0, s_h: Scale, cfg: QuantConfig):
+  """h_t = sat(((f_t·h_{t−1}) >> F) + c_t) in the state format s_h, all steps [B, T, D]."""
+  F = cfg.lut_out_frac
+  c_q = fixed.quantize_scale(sg(c), s_h.scale, s_h.bits, cfg.rounding, jnp.int32)
+  h0_q = fixed.quantize_scale(sg(h0), s_h.scale, s_h.bits, cfg.rounding, jnp.int32)
+
+  def step(h_q, fc):
+    h_q = neurons.mlgru_step_int(h_q, fc[0], fc[1], F, s_h.bits, cfg.rounding)
+    return h_q, h_q
+
+  _, h_TxBxD = jax.lax.scan(step, h0_q, (jnp.swapaxes(f_q, 0, 1), jnp.swapaxes(c_q, 0, 1)))
+  return jnp.swapaxes(h_TxBxD, 0, 1) * s_h.scale
