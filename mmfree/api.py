@@ -50,6 +50,7 @@ class LanguageModel:
 
     self._forward = jax.jit(forward)
     self._nll = jax.jit(nll)
+    self._graphdef = graphdef
     self._init_state = nnx.merge(graphdef, self._state).init_state
 
   def logits(self, tokens_BxT) -> np.ndarray:
@@ -61,6 +62,21 @@ class LanguageModel:
   def token_nll(self, tokens_BxT) -> np.ndarray:
     """Negative log-likelihood (nats) of each next token, [B, T-1]."""
     return np.asarray(self._nll(self._state, self._check_tokens(tokens_BxT, "tokens_BxT")))
+
+  def saturation(self, tokens_BxT) -> dict[str, tuple[float, float]]:
+    """At `hw`: {'module.path.point': (saturated, count)} of the values clipped on these tokens."""
+    from mmfree.quant.points import Probe, recorder, set_probe
+
+    if self.config.precision != "hw":
+      raise ValueError(f"saturation is counted at precision 'hw', not {self.config.precision!r}")
+    if not hasattr(self, "_measure"):
+      model = nnx.merge(self._graphdef, self._state)
+      set_probe(model, Probe("measure", rounding=_hw_rounding(model)))
+      graphdef = nnx.graphdef(model)
+      run = recorder(lambda m, t: m(t)[0])
+      self._measure = jax.jit(lambda state, t: run(nnx.merge(graphdef, state), t)[1])
+    records = self._measure(self._state, self._check_tokens(tokens_BxT, "tokens_BxT"))
+    return {k: (float(r[0]["saturated"]), float(r[0]["count"])) for k, r in records.items()}
 
   def stream(
     self,
@@ -132,6 +148,10 @@ class LanguageModel:
         f"{name}: ids must lie in [0, {self.config.vocab_size}), got [{arr.min()}, {arr.max()}]"
       )
     return jnp.asarray(arr, jnp.int32)
+
+
+def _hw_rounding(model) -> str:
+  return next(m.hw.cfg.rounding for _, m in nnx.iter_modules(model) if getattr(m, "hw", None))
 
 
 def read_config_of(path: Path) -> ModelConfig:

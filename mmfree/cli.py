@@ -40,8 +40,9 @@ def cmd_eval(args, extra):
   for precision in args.precision.split(","):
     r = evaluate_model(path, data_cfg, seq_len, precision or None, args.max_windows)
     bpb = f"{r['bpb']:.4f}" if r["bpb"] is not None else "n/a"
+    sat = f"  saturated {r['saturation_pct']:.4f}%" if "saturation_pct" in r else ""
     print(f"{r['precision']:8s} loss {r['loss']:.4f}  ppl {r['ppl']:.2f}  bpb {bpb}  "
-          f"({r['tokens']} tokens)")  # fmt: skip
+          f"({r['tokens']} tokens){sat}")  # fmt: skip
 
 
 def _only(extra: list[str], *prefixes: str):

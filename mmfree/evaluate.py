@@ -53,6 +53,12 @@ def evaluate_model(
   ])  # fmt: skip
   loss = float(nll.mean())
   bpt = data.info.get("val_bytes_per_token")
+  sat = {}
+  if lm.config.precision == "hw":  # how often each kind of point clipped on the eval text
+    for i in range(0, len(windows_NxT1), batch):
+      for key, (n_sat, n) in lm.saturation(windows_NxT1[i : i + batch, :-1]).items():
+        kind = key.rpartition(".")[2]
+        sat[kind] = tuple(a + b for a, b in zip(sat.get(kind, (0.0, 0.0)), (n_sat, n), strict=True))
   return {
     "loss": loss,
     "ppl": math.exp(min(loss, 700)),
@@ -60,4 +66,7 @@ def evaluate_model(
     "tokens": int(nll.size),
     "seq_len": seq_len,
     "precision": lm.config.precision,
-  }
+    **({"saturation_pct": 100 * sum(a for a, _ in sat.values()) / sum(n for _, n in sat.values()),
+        "saturation_pct_by_point": {k: 100 * a / n for k, (a, n) in sorted(sat.items())}}
+       if sat else {}),
+  }  # fmt: skip

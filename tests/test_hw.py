@@ -136,3 +136,13 @@ def test_hw_without_calibration_says_what_to_run(tmp_path):
   main(["train", "--config", SMOKE, "--workdir", str(tmp_path)])
   with pytest.raises(FileNotFoundError, match="mmfree quantize calibrate"):
     mmfree.load(tmp_path, precision="hw")
+
+
+def test_eval_reports_saturation_at_hw(run):
+  from mmfree.evaluate import evaluate_model
+
+  r = evaluate_model(run, DataConfig(tokenizer="byte"), 32, "hw", max_windows=8)
+  assert r["precision"] == "hw" and 0 <= r["saturation_pct"] <= 100
+  assert {"h", "c", "gated", "glu_prod"} <= set(r["saturation_pct_by_point"])
+  sat = mmfree.load(run, precision="hw").saturation(np.arange(1, 40)[None])
+  assert all(0 <= a <= n for a, n in sat.values()) and any(n > 0 for _, n in sat.values())

@@ -152,5 +152,8 @@ def load(run_dir: Path) -> tuple[QuantConfig, dict[str, Scale]]:
   cfg = json.loads((d / "config.json").read_text())
   cfg.pop("calibration", None)
   cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+  unknown = sorted(set(cfg) - {f.name for f in dataclasses.fields(QuantConfig)})
+  if unknown:
+    raise ValueError(f"{d / 'config.json'} has unknown keys {unknown}: calibrate again")
   scales = {k: Scale(**v) for k, v in json.loads((d / "scales.json").read_text()).items()}
   return QuantConfig(**cfg), scales

@@ -100,6 +100,7 @@ def set_hw(model: nnx.Module, cfg, scales: dict[str, Scale]):
   """Switch `model` to the `hw` level with these frozen scales (a QuantConfig `cfg`)."""
   for m, own in _by_module(model, scales):
     m.hw = hw_lib.Hw(cfg, tuple(sorted(own.items())))
+    m.qscales = own  # what the `measure` probe counts saturation against
     if hasattr(m, "precision"):
       m.precision = "hw"
 
