@@ -1,5 +1,7 @@
 """Small JSON files of a run directory, written atomically (stdlib only: sweeps import it)."""
 
+import contextlib
+import fcntl
 import json
 from pathlib import Path
 
@@ -21,3 +23,14 @@ def write_json(path: Path, obj: dict):
   tmp = path.with_name(path.name + ".tmp")
   tmp.write_text(json.dumps(obj, indent=2, default=repr) + "\n")
   tmp.replace(path)
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: Path, error: Exception):
+  """An exclusive lock on `lock_path` for the block; `error` if another process holds it."""
+  with Path(lock_path).open("w") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise error from None
+    yield

@@ -6,7 +6,6 @@ The run directory is the unit of work: `config.json` (the resolved config), `sta
 
 import contextlib
 import datetime
-import fcntl
 import json
 import signal
 import threading
@@ -15,7 +14,7 @@ from pathlib import Path
 from mmfree import configs
 from mmfree.configs import Experiment
 from mmfree.data.sources import load_data
-from mmfree.files import STATUS, write_json
+from mmfree.files import STATUS, exclusive, write_json
 from mmfree.train import checkpoint
 from mmfree.train.tracking import Tracker
 
@@ -133,11 +132,8 @@ def _terminate(signum, frame):
 @contextlib.contextmanager
 def _exclusive(run_dir: Path):
   """One process per run directory; SIGTERM unwinds like Ctrl-C so status.json says so."""
-  with (run_dir / ".lock").open("w") as f:
-    try:
-      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      raise ValueError(f"another mmfree process is running in {run_dir}") from None
+  busy = ValueError(f"another mmfree process is running in {run_dir}")
+  with exclusive(run_dir / ".lock", busy):
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:

@@ -9,10 +9,8 @@ completes only what is missing. `DIR/sweep.json` lists the points.
 
 import argparse
 import ast
-import contextlib
 import dataclasses
 import datetime
-import fcntl
 import hashlib
 import json
 import os
@@ -27,7 +25,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mmfree.files import STATUS, read_json, write_json
+from mmfree.files import STATUS, exclusive, read_json, write_json
 
 MANIFEST = "sweep.json"
 LOG = "run.log"
@@ -161,15 +159,9 @@ def run_sweep(
   return summary
 
 
-@contextlib.contextmanager
 def _lock(workdir: Path):
   """One sweep process per workdir: two would run the same points twice."""
-  with (workdir / ".sweep.lock").open("w") as f:
-    try:
-      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      raise RuntimeError(f"another sweep is running in {workdir}") from None
-    yield
+  return exclusive(workdir / ".sweep.lock", RuntimeError(f"another sweep is running in {workdir}"))
 
 
 def _interrupt(signum, frame):
