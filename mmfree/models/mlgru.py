@@ -101,9 +101,7 @@ class MLGRU(nnx.Module):
     if cfg.nonlinearity == "relu":
       c_BxTxD = jax.nn.relu(i_pre) * (1 - f_BxTxD)
     else:
-      silu_q = neurons.silu_int(hw_lib.lut_input(i_pre, cfg, hw_lib.WIDE_BITS), hw_lib.lut(
-        cfg.lut_size, cfg.lut_in_frac, F, cfg.lut_x_max), cfg.rounding)  # fmt: skip
-      c_q = fixed.mul_shift(silu_q, neurons.one_minus(f_q, F), F, hw_lib.WIDE_BITS,
+      c_q = fixed.mul_shift(hw_lib.silu_q(i_pre, cfg), neurons.one_minus(f_q, F), F, hw_lib.WIDE_BITS,
                             hw_lib.WIDE_BITS, F + 2, cfg.rounding)  # fmt: skip
       c_BxTxD = hw_lib.ste(c_q * 2.0**-cfg.lut_in_frac, c_float)
     c_BxTxD = point(self, "c", c_BxTxD)

@@ -75,9 +75,12 @@ def silu(x, cfg: QuantConfig):
   """SiLU(x) by the LUT, in Q.lut_in_frac; `relu` when the config relufies."""
   if cfg.nonlinearity == "relu":
     return jax.nn.relu(x)
-  a_q = lut_input(x, cfg, WIDE_BITS)
-  y_q = neurons.silu_int(a_q, _lut(cfg), cfg.rounding)
-  return ste(y_q * 2.0**-cfg.lut_in_frac, jax.nn.silu(x))
+  return ste(silu_q(x, cfg) * 2.0**-cfg.lut_in_frac, jax.nn.silu(x))
+
+
+def silu_q(x, cfg: QuantConfig):
+  """SiLU(x) in Q.lut_in_frac (int32) by the LUT, over WIDE_BITS inputs."""
+  return neurons.silu_int(lut_input(x, cfg, WIDE_BITS), _lut(cfg), cfg.rounding)
 
 
 def forget_q(sig_q, lb_D, cfg: QuantConfig):
