@@ -101,8 +101,9 @@ class MLGRU(nnx.Module):
     if cfg.nonlinearity == "relu":
       c_BxTxD = jax.nn.relu(i_pre) * (1 - f_BxTxD)
     else:
-      c_q = fixed.mul_shift(hw_lib.silu_q(i_pre, cfg), neurons.one_minus(f_q, F), F, hw_lib.WIDE_BITS,
-                            hw_lib.WIDE_BITS, F + 2, cfg.rounding)  # fmt: skip
+      W = hw_lib.WIDE_BITS
+      silu_q = hw_lib.silu_q(i_pre, cfg)
+      c_q = fixed.mul_shift(silu_q, neurons.one_minus(f_q, F), F, W, W, F + 2, cfg.rounding)
       c_BxTxD = hw_lib.ste(c_q * 2.0**-cfg.lut_in_frac, c_float)
     c_BxTxD = point(self, "c", c_BxTxD)
     s_h = hw.scale("h")
