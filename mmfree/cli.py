@@ -133,8 +133,7 @@ def cmd_quantize_calibrate(args, extra):
 
   run_dir = Path(args.run_dir)
   quant = configs.parse_overrides([a for a in extra if a.startswith("--quant.")], "--quant.")
-  quant = {k: tuple(v) if isinstance(v, list) else v for k, v in quant.items()}
-  qcfg = configs.to_dataclass(QuantConfig, quant, "quant")
+  qcfg = configs.to_dataclass(QuantConfig, configs.as_tuples(quant), "quant")
   _only(extra, "--quant.", "--data.")
   stats = calibrate.calibrate_run(
     run_dir, qcfg, _run_data_config(run_dir, extra), args.batches, args.batch_size, args.seq_len

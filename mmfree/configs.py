@@ -19,11 +19,14 @@ import ml_collections
 from ml_collections import config_dict
 
 from mmfree.data.sources import DataConfig
+from mmfree.evaluate import EvalConfig
 from mmfree.models.config import PRESETS, ModelConfig
+from mmfree.quant.config import QuantConfig
 from mmfree.train.loop import TrainConfig
 from mmfree.train.tracking import TrackingConfig
 
-STAGES = ("train", "eval")
+STAGES = ("train", "calibrate", "eval")  # every stage, in the order they run
+DEFAULT_STAGES = ("train", "eval")
 # Filled in from the tokenizer at train time, so they may differ from what the config asked.
 DERIVED = ("model.vocab_size", "model.bos_token_id", "model.eos_token_id")
 
@@ -52,7 +55,9 @@ def base_config(preset: str = "small") -> ml_collections.ConfigDict:
   c.train = section(TrainConfig)
   c.data = section(DataConfig)
   c.tracking = section(TrackingConfig)
-  c.stages = STAGES
+  c.quant = section(QuantConfig)
+  c.eval = section(EvalConfig)
+  c.stages = DEFAULT_STAGES
   return c
 
 
@@ -65,15 +70,26 @@ class Experiment:
   data: DataConfig
   tracking: TrackingConfig
   stages: tuple[str, ...]
+  quant: QuantConfig = QuantConfig()
+  eval: EvalConfig = EvalConfig()
   spec: str = ""
   overrides: dict = dataclasses.field(default_factory=dict)
 
   def to_dict(self) -> dict:
     return {
       "experiment": {"spec": self.spec, "overrides": self.overrides},
-      **{k: dataclasses.asdict(getattr(self, k)) for k in ("model", "train", "data", "tracking")},
+      **{k: dataclasses.asdict(getattr(self, k)) for k in SECTIONS},
       "stages": list(self.stages),
     }
+
+
+SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig,
+            "tracking": TrackingConfig, "quant": QuantConfig, "eval": EvalConfig}  # fmt: skip
+
+
+def as_tuples(d: dict) -> dict:
+  """JSON and command lines give lists where the dataclasses hold tuples."""
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
 def to_dataclass(cls, d: dict, name: str):
@@ -89,19 +105,16 @@ def to_dataclass(cls, d: dict, name: str):
 
 def to_experiment(cfg: ml_collections.ConfigDict, spec: str = "", overrides=None) -> Experiment:
   d = cfg.to_dict()
-  sections = {"model", "train", "data", "tracking", "stages"}
-  unknown = sorted(set(d) - sections)
+  valid = {*SECTIONS, "stages"}
+  unknown = sorted(set(d) - valid)
   if unknown:
-    raise ValueError(f"unknown top-level config keys {unknown}; valid: {sorted(sections)}")
-  stages = tuple(d.get("stages", STAGES))
+    raise ValueError(f"unknown top-level config keys {unknown}; valid: {sorted(valid)}")
+  stages = tuple(d.get("stages", DEFAULT_STAGES))
   bad = [s for s in stages if s not in STAGES]
-  if bad:
-    raise ValueError(f"stages: unknown {bad}; valid stages, in order: {list(STAGES)}")
+  if bad or list(stages) != sorted(stages, key=STAGES.index):
+    raise ValueError(f"stages={list(stages)}: valid stages, in this order, are {list(STAGES)}")
   return Experiment(
-    model=to_dataclass(ModelConfig, d["model"], "model"),
-    train=to_dataclass(TrainConfig, d["train"], "train"),
-    data=to_dataclass(DataConfig, d["data"], "data"),
-    tracking=to_dataclass(TrackingConfig, d["tracking"], "tracking"),
+    **{k: to_dataclass(cls, as_tuples(d.get(k, {})), k) for k, cls in SECTIONS.items()},
     stages=stages,
     spec=spec,
     overrides=dict(overrides or {}),

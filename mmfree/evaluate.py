@@ -13,6 +13,25 @@ from tqdm import tqdm
 from mmfree.data import pipeline
 from mmfree.data.sources import DataConfig, load_data
 from mmfree.data.tokenizers import load_tokenizer
+from mmfree.models.config import PRECISIONS
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """The eval and calibrate stages of `mmfree run`."""
+
+  precisions: tuple[str, ...] = ()  # () evaluates the model at its own precision
+  max_windows: int = 512  # held-out windows of train.seq_len tokens
+  calib_batches: int = 16  # batches of training text observed by the calibrate stage
+  calib_batch_size: int = 8
+
+  def __post_init__(self):
+    bad = [p for p in self.precisions if p not in PRECISIONS]
+    if bad:
+      raise ValueError(f"eval.precisions: unknown {bad}; choose from {PRECISIONS}")
+    for name in ("max_windows", "calib_batches", "calib_batch_size"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"eval.{name}={getattr(self, name)}: must be at least 1")
 
 
 def with_model_tokenizer(data_cfg: DataConfig, model_dir: Path) -> DataConfig:

@@ -16,8 +16,8 @@ if TYPE_CHECKING:  # imported on use: every `mmfree` command builds this module'
   import pandas as pd
 
 OUTPUTS = ("eval", "measure")  # stage outputs `<stage>.json`, flattened to `<stage>.*` columns
-KEY_METRICS = ("steps", "loss", "val_loss", "val_ppl", "val_bpb",
-               "eval.loss", "eval.ppl", "eval.bpb")  # fmt: skip
+KEY_METRICS = ("steps", "loss", "val_loss", "val_ppl", "val_bpb")
+EVAL_METRICS = ("loss", "bpb", "saturation_pct")  # of eval.json, per precision: `eval.hw.loss`
 _SKIP = ("experiment.overrides",)  # repeated in the config sections themselves
 _SCALARS_ONLY = ("data_info.",)  # nested blobs here (corpus metadata) are not comparisons
 _MAX_LIST = 16
@@ -25,8 +25,8 @@ _MAX_LIST = 16
 
 def load(path) -> "pd.DataFrame":
   """Columns: name, status ("missing" without status.json), config as dotted names
-  (`model.hidden_size`), the last value of each metric in metrics.jsonl, `steps`, `eval.*`,
-  `measure.*`, error, path. Rows sorted by name."""
+  (`model.hidden_size`), the last value of each metric in metrics.jsonl, `steps`,
+  `eval.<precision>.*`, `measure.*`, error, path. Rows sorted by name."""
   import pandas as pd
 
   path = Path(path)
@@ -110,7 +110,8 @@ def to_markdown(df: "pd.DataFrame", columns=None) -> str:
   if columns is None:
     config = [c for c in df.columns if "." in c and c.split(".")[0] not in OUTPUTS]
     varying = [c for c in config if df[c].dropna().astype(str).nunique() > 1]
-    columns = ["name", "status", *varying, *[c for c in KEY_METRICS if c in df]]
+    evals = [c for m in EVAL_METRICS for c in df if c.startswith("eval.") and c.endswith("." + m)]
+    columns = ["name", "status", *varying, *[c for c in KEY_METRICS if c in df], *evals]
   unknown = [c for c in columns if c not in df]
   if unknown:
     raise ValueError(f"no columns {unknown}; there are {list(df.columns)}")

@@ -78,32 +78,75 @@ def stage_train(exp: Experiment, run_dir: Path):
   from mmfree.train import loop
 
   with checkpoint.manager(run_dir) as mgr:
-    if (mgr.latest_step() or 0) >= exp.train.steps:
-      return
+    latest = mgr.latest_step()
+  if latest is not None and latest >= exp.train.steps:
+    return
   data = load_data(data_config(exp))
   model_cfg = model_config(exp, data.vocab_size, data.tokenizer)
   resolved = {**exp.to_dict(), "model": model_cfg.to_dict(), "data_info": data.info}
   write_json(run_dir / checkpoint.CONFIG, resolved)
   if data.tokenizer is not None:
     data.tokenizer.save(run_dir)
+  hw = qat_scales(exp, run_dir) if model_cfg.precision == "hw" else None
   tracker = Tracker(run_dir, exp.tracking, resolved)
   try:
-    loop.train(run_dir, model_cfg, exp.train, data, tracker)
+    loop.train(run_dir, model_cfg, exp.train, data, tracker, hw)
   finally:
     tracker.close()
 
 
+def qat_scales(exp: Experiment, run_dir: Path):
+  """(QuantConfig, frozen scales) for training at `hw` (QAT): the run's own calibration, made
+  from `train.init_from`'s weights on the first call."""
+  from mmfree.quant import calibrate
+
+  if not calibrate.is_current(run_dir, exp.quant):
+    if not exp.train.init_from:
+      raise ValueError(
+        "model.precision='hw' trains with frozen calibrated scales (QAT): set train.init_from "
+        "to a trained `bitnet` run or checkpoint to calibrate from"
+      )
+    _calibrate(exp, run_dir, source=Path(exp.train.init_from))
+  return calibrate.load(run_dir)
+
+
+def _calibrate(exp: Experiment, run_dir: Path, source: Path | None = None):
+  from mmfree.quant import calibrate
+
+  e = exp.eval
+  calibrate.calibrate_run(
+    run_dir, exp.quant, data_config(exp), e.calib_batches, e.calib_batch_size, exp.train.seq_len,
+    source,
+  )  # fmt: skip
+
+
+def stage_calibrate(exp: Experiment, run_dir: Path):
+  """Frozen `hw` scales in `quant/`, unless they are there from this QuantConfig (or QAT)."""
+  from mmfree.quant import calibrate
+
+  if not calibrate.is_current(run_dir, exp.quant):
+    _calibrate(exp, run_dir)
+
+
 def stage_eval(exp: Experiment, run_dir: Path):
+  """`eval.json`: {precision: loss, perplexity, bits per byte[, saturation]}, one at a time."""
   from mmfree.evaluate import evaluate_model
+  from mmfree.files import read_json
 
-  if (run_dir / EVAL).exists():
-    return
-  result = evaluate_model(run_dir, data_config(exp), exp.train.seq_len)
-  write_json(run_dir / EVAL, result)
-  print("eval: " + ", ".join(f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float)))
+  results = read_json(run_dir / EVAL) or {}
+  for precision in exp.eval.precisions or (checkpoint.model_config(run_dir).precision,):
+    if precision in results:
+      continue
+    r = evaluate_model(
+      run_dir, data_config(exp), exp.train.seq_len, precision, exp.eval.max_windows
+    )
+    results[precision] = r
+    write_json(run_dir / EVAL, results)
+    figures = {k: v for k, v in r.items() if isinstance(v, float)}
+    print(f"eval {precision}: " + ", ".join(f"{k} {v:.4g}" for k, v in figures.items()))
 
 
-STAGES = {"train": stage_train, "eval": stage_eval}
+STAGES = {"train": stage_train, "calibrate": stage_calibrate, "eval": stage_eval}
 
 
 def run_experiment(exp: Experiment, run_dir: Path, stages: tuple[str, ...] | None = None):

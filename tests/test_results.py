@@ -28,7 +28,9 @@ def make_run(d, lr, status="done", metrics=True, stages=True):
     text = "".join(json.dumps(r) + "\n" for r in rows)
     (d / "metrics.jsonl").write_text(text + '{"step": 30, "lo')  # killed mid-line
   if stages:
-    (d / "eval.json").write_text(json.dumps({"loss": 2.7 + lr, "ppl": 15.0, "bpb": 1.2}))
+    (d / "eval.json").write_text(
+      json.dumps({"bitnet": {"loss": 2.7 + lr, "ppl": 15.0, "bpb": 1.2}})
+    )
     (d / "measure.json").write_text(json.dumps({"energy": {"mj_per_token": 0.5}}))
 
 
@@ -57,7 +59,7 @@ def test_load_a_sweep_directory(sweep_dir):
   assert a["model.hidden_size"] == 64 and a["stages"] == ("train", "eval")
   assert a["experiment.spec"] == "experiments/x.py" and a["data_info.vocab_size"] == 258
   assert a["steps"] == 20 and a["loss"] == pytest.approx(2.6) and a["val_bpb"] == 1.1
-  assert a["tokens_per_s"] == 1e4 and a["eval.loss"] == pytest.approx(2.8)
+  assert a["tokens_per_s"] == 1e4 and a["eval.bitnet.loss"] == pytest.approx(2.8)
   assert a["measure.energy.mj_per_token"] == 0.5 and a["path"] == str(sweep_dir / "lr=0.1-a")
   assert not [c for c in df.columns if c.startswith(("experiment.overrides", "data_info.corpus"))]
   assert df["val_loss"].isna().tolist() == [False, False, True, True, True]
@@ -77,7 +79,7 @@ def test_markdown_shows_what_varies_and_the_key_metrics(sweep_dir):
   df = results.load(sweep_dir)
   table = results.to_markdown(df)
   header = table.splitlines()[0]
-  for col in ("name", "status", "train.lr", "steps", "loss", "val_loss", "eval.loss"):
+  for col in ("name", "status", "train.lr", "steps", "loss", "val_loss", "eval.bitnet.loss"):
     assert f" {col} " in header
   assert "model.hidden_size" not in header and "tokens_per_s" not in header
   assert len(table.splitlines()) == 2 + len(df)

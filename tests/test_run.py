@@ -32,7 +32,8 @@ def test_every_experiment_runs_in_smoke_mode(path, tmp_path):
   assert cfg["experiment"]["spec"].endswith(":smoke") and "data_info" in cfg
   if "eval" in cfg["stages"]:
     ev = json.loads((tmp_path / "eval.json").read_text())
-    assert np.isfinite(ev["loss"]) and ev["tokens"] > 0
+    for precision in cfg["eval"]["precisions"] or [cfg["model"]["precision"]]:
+      assert np.isfinite(ev[precision]["loss"]) and ev[precision]["tokens"] > 0
 
 
 def test_finished_stages_are_skipped_and_changed_configs_refused(tmp_path):

@@ -68,7 +68,7 @@ STAND_IN = textwrap.dedent("""
     for step in (1, 2, 3):
       f.write(json.dumps({"step": step, "loss": 5.0 - lr * step}) + "\\n")
     f.write(json.dumps({"step": 3, "val_loss": 4.0 - lr, "val_ppl": 50.0, "val_bpb": 2.0}) + "\\n")
-  write("eval.json", {"loss": 4.0 - lr, "ppl": 50.0, "bpb": 2.0, "tokens": 100})
+  write("eval.json", {"bitnet": {"loss": 4.0 - lr, "ppl": 50.0, "bpb": 2.0, "tokens": 100}})
   with open(run_dir / "times.txt", "a") as f:
     f.write(f"{t0} {time.time()}\\n")
   status("done")

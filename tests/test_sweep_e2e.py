@@ -50,7 +50,7 @@ def test_real_sweep_killed_and_rerun_completes_only_missing_runs(tmp_path):
   df = results.load(work)
   assert len(df) == 4 and df["name"].is_unique and set(df["status"]) == {"done"}
   assert sorted(df["train.lr"].unique()) == [1e-3, 3e-3]
-  assert df["eval.loss"].notna().all()
+  assert df["eval.bitnet.loss"].notna().all()
   for d in dirs:  # resumed runs logged each step once
     steps = [r["step"] for r in read_jsonl(d / "metrics.jsonl") if "loss" in r]
     assert steps == sorted(set(steps)), d.name

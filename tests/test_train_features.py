@@ -64,7 +64,7 @@ def test_eval_cli_reports_each_precision(trained, capsys):
   assert [ln.split()[0] for ln in lines] == ["float", "bitnet"]
   assert all("bpb" in ln for ln in lines)
   ev = json.loads((trained / "eval.json").read_text())
-  assert np.isfinite(ev["bpb"]) and ev["precision"] == "bitnet"
+  assert np.isfinite(ev["bitnet"]["bpb"]) and ev["bitnet"]["precision"] == "bitnet"
 
 
 def test_tokenizer_train_cli_on_a_text_directory(tmp_path):

@@ -60,7 +60,8 @@ def _run(forward, model, batches, desc: str) -> dict[str, list]:
 def calibrate(model: nnx.Module, batches: list, cfg: QuantConfig) -> tuple[dict, dict]:
   """(scales, stats), both keyed by 'module.path.point', for the enabled points."""
   forward = nnx.jit(recorder(lambda m, tokens_BxT: m(tokens_BxT)[0]))
-  set_probe(model, Probe("stats", cfg.percentile, cfg.rounding))
+  pct = cfg.percentile if cfg.observer == "percentile" else None
+  set_probe(model, Probe("stats", pct, cfg.rounding))
   ranges = _run(forward, model, batches, "calibrate")
   scales, stats = {}, {}
   for key, recs in ranges.items():
@@ -81,7 +82,7 @@ def calibrate(model: nnx.Module, batches: list, cfg: QuantConfig) -> tuple[dict,
       "bits": scales[key].bits,
     }
   set_scales(model, scales)
-  set_probe(model, Probe("measure", cfg.percentile, cfg.rounding))
+  set_probe(model, Probe("measure", rounding=cfg.rounding))
   measured = _run(forward, model, batches, "measure")
   for key, recs in measured.items():
     total = {k: sum(float(r[k]) for r in recs) for k in recs[0]}
@@ -124,36 +125,60 @@ def save(run_dir: Path, cfg: QuantConfig, scales: dict, stats: dict, meta: dict)
 
 
 def calibrate_run(
-  run_dir: Path, cfg: QuantConfig, data_cfg, num_batches: int, batch_size: int, seq_len: int
+  run_dir: Path,
+  cfg: QuantConfig,
+  data_cfg,
+  num_batches: int,
+  batch_size: int,
+  seq_len: int,
+  source: Path | None = None,
 ) -> dict:
-  """Calibrate the run's `bitnet` model on its training data; writes `quant/`."""
+  """Calibrate the `bitnet` model of `source` (default: the run itself) on its training data;
+  writes `run_dir/quant/` (QAT calibrates the checkpoint it starts from into the new run)."""
   from mmfree.api import read_params
   from mmfree.data import pipeline
   from mmfree.evaluate import load_model_data
   from mmfree.train.checkpoint import build_model
 
-  model_cfg, params = read_params(Path(run_dir))
+  model_cfg, params = read_params(Path(source or run_dir))
   model = build_model(model_cfg.replace(precision="bitnet"), params)
   data = load_model_data(data_cfg, Path(run_dir), model_cfg.vocab_size)
   it = pipeline.batches(data.train_N, batch_size, seq_len, seed=0)
   batches = [next(it)[:, :-1] for _ in range(num_batches)]
   scales, stats = calibrate(model, batches, cfg)
   meta = {"batches": num_batches, "batch_size": batch_size, "seq_len": seq_len,
-          "data": data.info.get("description")}  # fmt: skip
+          "data": data.info.get("description"), "source": str(source or run_dir)}  # fmt: skip
   save(Path(run_dir), cfg, scales, stats, meta)
   return stats
 
 
+def saved_config(run_dir: Path) -> QuantConfig:
+  """The QuantConfig that `RUN_DIR/quant/` was calibrated with."""
+  from mmfree import configs
+
+  path = Path(run_dir) / QUANT / "config.json"
+  if not path.is_file():
+    raise FileNotFoundError(
+      f"{path.parent} holds no calibration: run `mmfree quantize calibrate {run_dir}`"
+    )
+  saved = json.loads(path.read_text())
+  saved.pop("calibration", None)
+  try:
+    return configs.to_dataclass(QuantConfig, configs.as_tuples(saved), "quant")
+  except ValueError as e:
+    raise ValueError(f"{path}: {e}; calibrate again") from None
+
+
+def is_current(run_dir: Path, cfg: QuantConfig) -> bool:
+  """Whether `RUN_DIR/quant/` holds a complete calibration made with `cfg`."""
+  try:
+    return saved_config(run_dir) == cfg and (Path(run_dir) / QUANT / "scales.json").is_file()
+  except (FileNotFoundError, ValueError):
+    return False
+
+
 def load(run_dir: Path) -> tuple[QuantConfig, dict[str, Scale]]:
   """The frozen QuantConfig and scales of `RUN_DIR/quant/`."""
-  d = Path(run_dir) / QUANT
-  if not (d / "scales.json").is_file():
-    raise FileNotFoundError(f"{d} holds no calibration: run `mmfree quantize calibrate {run_dir}`")
-  cfg = json.loads((d / "config.json").read_text())
-  cfg.pop("calibration", None)
-  cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
-  unknown = sorted(set(cfg) - {f.name for f in dataclasses.fields(QuantConfig)})
-  if unknown:
-    raise ValueError(f"{d / 'config.json'} has unknown keys {unknown}: calibrate again")
-  scales = {k: Scale(**v) for k, v in json.loads((d / "scales.json").read_text()).items()}
-  return QuantConfig(**cfg), scales
+  cfg = saved_config(run_dir)
+  scales = json.loads((Path(run_dir) / QUANT / "scales.json").read_text())
+  return cfg, {k: Scale(**v) for k, v in scales.items()}

@@ -22,7 +22,7 @@ PREFIX = "point_"  # sown attribute names: points may share a name with a submod
 @dataclasses.dataclass(frozen=True)
 class Probe:
   kind: str  # one of PROBES
-  percentile: float = 99.99  # of |x|, for the percentile observer
+  percentile: float | None = None  # of |x|, for the percentile observer (a sort: slow)
   rounding: str = "half_even"
 
 
@@ -51,9 +51,10 @@ def _record(module: nnx.Module, name: str, x, probe: Probe):
       "min": jnp.min(x32),
       "max": jnp.max(x32),
       "absmax": jnp.max(a),
-      "pct": jnp.percentile(a.ravel(), probe.percentile),
       "rms": jnp.sqrt(jnp.mean(jnp.square(x32))),
     }
+    if probe.percentile is not None:
+      record["pct"] = jnp.percentile(a.ravel(), probe.percentile)
   elif probe.kind == "measure":
     if name not in getattr(module, "qscales", {}):
       return  # a disabled point: nothing quantizes it

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from mmfree.data import pipeline
 from mmfree.models import MMfreeLM, ModelConfig
+from mmfree.quant.points import set_hw
 from mmfree.train import checkpoint
 from mmfree.train.tracking import Tracker
 
@@ -46,13 +47,18 @@ class TrainConfig:
   init_from: str = ""  # a run directory or Hugging Face checkpoint to fine-tune from
 
   def __post_init__(self):
-    positive = ("steps", "batch_size", "seq_len", "grad_accum", "log_every", "eval_every",
+    positive = ("batch_size", "seq_len", "grad_accum", "log_every", "eval_every",
                 "eval_windows", "ckpt_every", "keep_checkpoints")  # fmt: skip
     for name in positive:
       if getattr(self, name) < 1:
         raise ValueError(f"train.{name}={getattr(self, name)}: must be a positive integer")
     if self.warmup_steps < 0:
       raise ValueError(f"train.warmup_steps={self.warmup_steps}: must be >= 0")
+    if self.steps < 0 or (self.steps == 0 and not self.init_from):
+      raise ValueError(
+        f"train.steps={self.steps}: must be positive (0 only with train.init_from, to quantize "
+        "a trained model without training it)"
+      )
     if self.batch_size % self.grad_accum:
       raise ValueError(f"train.grad_accum={self.grad_accum} must divide train.batch_size")
 
@@ -121,14 +127,19 @@ def evaluate(eval_loss, params, windows_NxT1, bytes_per_token: float | None, bat
   return out
 
 
-def initial_params(model_cfg: ModelConfig, cfg: TrainConfig):
-  """(graphdef, params): a fresh initialization, or the weights of `init_from`."""
+def initial_params(model_cfg: ModelConfig, cfg: TrainConfig, hw=None):
+  """(graphdef, params): a fresh initialization, or the weights of `init_from`; at `hw` (QAT)
+  the model quantizes with `hw` = (QuantConfig, frozen scales)."""
   if not cfg.init_from:
-    return nnx.split(MMfreeLM(model_cfg, nnx.Rngs(cfg.seed)), nnx.Param)
-  from mmfree.api import read_params  # the loader of run and Hugging Face directories
+    model = MMfreeLM(model_cfg, nnx.Rngs(cfg.seed))
+  else:
+    from mmfree.api import read_params  # the loader of run and Hugging Face directories
 
-  _, params = read_params(Path(cfg.init_from))
-  return nnx.split(checkpoint.build_model(model_cfg, params), nnx.Param)
+    _, params = read_params(Path(cfg.init_from))
+    model = checkpoint.build_model(model_cfg, params)
+  if hw is not None:
+    set_hw(model, *hw)
+  return nnx.split(model, nnx.Param)
 
 
 def _data_sharding():
@@ -144,8 +155,14 @@ def _diverged(what: str, mgr) -> FloatingPointError:
   )
 
 
-def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data, tracker: Tracker) -> dict:
-  """Train into `run_dir`, resuming from its latest checkpoint; returns the final metrics."""
+def train(
+  run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data, tracker: Tracker, hw=None
+) -> dict:
+  """Train into `run_dir`, resuming from its latest checkpoint; returns the final metrics.
+
+  `hw` = (QuantConfig, scales) trains at the `hw` level (QAT). `train.steps=0` saves the initial
+  weights as step 0 (post-training quantization of `init_from` in a run directory of its own).
+  """
   run_dir = Path(run_dir)
   if cfg.batch_size % (cfg.grad_accum * jax.device_count()):
     raise ValueError(
@@ -153,7 +170,7 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data, tracker
       f"micro-batches and {jax.device_count()} devices"
     )
   tx = optimizer(cfg)
-  graphdef, params = initial_params(model_cfg, cfg)
+  graphdef, params = initial_params(model_cfg, cfg, hw)
   opt_state = tx.init(params)
   start, final = 0, {}
   batch_sharding, replicated = _data_sharding()
@@ -163,6 +180,8 @@ def train(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data, tracker
       print(f"resuming {run_dir} from step {start}")
     tracker.jsonl.truncate_after(start)  # rows past the last checkpoint are replayed exactly
     if start >= cfg.steps:
+      if mgr.latest_step() is None:
+        checkpoint.save_train_state(mgr, 0, params, opt_state)
       return {}
     params, opt_state = jax.device_put((params, opt_state), replicated)
     train_step, eval_loss = make_steps(graphdef, tx, cfg.grad_accum)

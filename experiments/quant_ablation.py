@@ -1,0 +1,69 @@
+"""Hardware-aware quantization of the small default model: which choices cost accuracy.
+
+  uv run mmfree run experiments/tiny.py --workdir runs/tiny       # the `bitnet` model (~5 min)
+  uv run mmfree sweep experiments/quant_ablation.py --workdir runs/quant_ablation --workers 2
+  uv run mmfree report runs/quant_ablation
+
+Every point starts from runs/tiny's weights (`train.init_from`; another trained run or imported
+checkpoint: `--config.train.init_from=DIR`). Post-training points take them as they are
+(`train.steps=0`), calibrate (16 batches, min-max, frozen scales) and evaluate `bitnet` and `hw`
+on the held-out text. One choice changes per point, from the 8-bit default (power-of-two scales,
+per-token BitLinear inputs, 16-bit state, 8-entry LUTs, integer RMSNorm, SiLU). QAT points
+fine-tune at `hw` for 100 steps; the `bitnet` control fine-tunes as long without the quantizers,
+so the QAT gain is not mistaken for more training.
+
+Finding: see the `Finding` section of NOTES.md, copied here once the sweep has run.
+"""
+
+from mmfree import configs
+
+BASE = "runs/tiny"
+QAT = {"model.precision": "hw", "train.steps": 100, "train.lr": 5e-4, "train.warmup_steps": 10}
+
+
+def get_config(arg: str = "default"):
+  c = configs.base_config("small")
+  c.stages = ("train", "calibrate", "eval")
+  c.eval.precisions = ("bitnet", "hw")
+  if arg == "smoke":  # trains its own tiny model: no base run needed
+    c.model.hidden_size = 32
+    c.model.num_hidden_layers = 1
+    c.model.intermediate_size = 64
+    c.data.tokenizer = "byte"
+    c.train.steps = 4
+    c.train.batch_size = 4
+    c.train.seq_len = 32
+    c.train.warmup_steps = 1
+    c.train.eval_windows = 4
+    c.eval.max_windows = 4
+    c.eval.calib_batches = 2
+  elif arg == "default":
+    c.train.init_from = BASE
+    c.train.steps = 0
+  else:
+    raise ValueError(f"experiments/quant_ablation.py: unknown variant {arg!r} (default, smoke)")
+  return c
+
+
+def get_sweep(arg: str = "default"):
+  """One change at a time from the default, then QAT at 8 and 4 bits against a control."""
+  one_at_a_time = [
+    {},
+    *configs.axis("quant.act_bits", [4, 6, 12, 16]),
+    *configs.axis("quant.state_bits", [8, 12, 24]),
+    {"quant.scale": "free", "quant.rmsnorm": "float"},  # integer norms need shifts
+    {"quant.pow2_mode": "nearest"},
+    {"quant.bitlinear_input": "static"},
+    *configs.axis("quant.lut_size", [4, 16, 32]),
+    {"quant.rmsnorm": "float"},
+    {"quant.nonlinearity": "relu"},
+  ]
+  if arg == "smoke":
+    return [{}, {"quant.act_bits": 4}]
+  fine_tune = [
+    {"train.steps": 100, "train.lr": 5e-4, "train.warmup_steps": 10},  # the bitnet control
+    QAT,
+    {**QAT, "quant.act_bits": 4},
+    {**QAT, "quant.nonlinearity": "relu"},
+  ]
+  return one_at_a_time + fine_tune
