@@ -1,6 +1,8 @@
 """The `hw` level: values on the grids of their frozen scales, equal to the numpy integer kernels
 applied to the recorded inputs, close to `bitnet` after calibration, and trainable (STE)."""
 
+import dataclasses
+import math
 from pathlib import Path
 
 import jax
@@ -15,6 +17,7 @@ from mmfree.data.sources import DataConfig, load_data
 from mmfree.loihi import fixed, neurons
 from mmfree.models.lm import lower_bounds
 from mmfree.quant import calibrate, hw
+from mmfree.quant.config import QuantConfig, Scale
 from mmfree.quant.points import Probe, recorder, set_probe
 
 SMOKE = str(Path(__file__).parent.parent / "experiments/tiny.py:smoke")
@@ -44,23 +47,38 @@ def text_tokens():
   return np.asarray(data.val_N[:96]).reshape(1, 96)  # real text: the held-out corpus
 
 
-def _model(run_dir):
+def _model(run_dir, **quant):
+  """The run's model at `hw` with its calibrated scales; `quant` overrides its QuantConfig."""
   from mmfree.api import read_params
   from mmfree.quant.points import set_hw
   from mmfree.train.checkpoint import build_model
 
   cfg, params = read_params(Path(run_dir))
   model = build_model(cfg.replace(precision="hw"), params)
-  set_hw(model, *calibrate.load(run_dir))
+  qcfg, scales = calibrate.load(run_dir)
+  set_hw(model, qcfg.replace(**quant), scales)
   return model
+
+
+def _values(model, tokens_BxT):
+  """{'module.path.point': the value the forward pass held there (float64)}."""
+  set_probe(model, Probe("values"))
+  _, rec = nnx.jit(recorder(lambda m, t: m(t)[0]))(model, jnp.asarray(tokens_BxT))
+  set_probe(model, None)
+  return {k: np.asarray(v[0], np.float64) for k, v in rec.items()}
+
+
+def _nll(model, tokens_BxT):
+  """Mean next-token loss (nats)."""
+  logits = model(jnp.asarray(tokens_BxT[:, :-1]))[0]
+  targets = jnp.asarray(tokens_BxT[:, 1:])
+  return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1))
 
 
 def test_hw_values_equal_the_integer_kernels(run, text_tokens):
   model = _model(run)
   qcfg, scales = calibrate.load(run)
-  set_probe(model, Probe("values"))
-  _, rec = nnx.jit(recorder(lambda m, t: m(t)[0]))(model, jnp.asarray(text_tokens))
-  rec = {k: np.asarray(v[0], np.float64) for k, v in rec.items()}
+  rec = _values(model, text_tokens)
   F, f_in = qcfg.lut_out_frac, qcfg.lut_in_frac
 
   # Every quantized point holds integers times its scale, within its bits.
@@ -107,6 +125,80 @@ def test_hw_values_equal_the_integer_kernels(run, text_tokens):
     np.testing.assert_array_equal(rec[m + "glu_silu"] / s_gs.scale, as_q(glu_silu, s_gs))
 
 
+def _norms(scales):
+  """The module paths (with a trailing '.', '' for none) of every RMSNorm."""
+  return sorted(k.removesuffix("rms_out") for k in scales if k.endswith("rms_out"))
+
+
+def test_hw_rmsnorms_equal_the_integer_kernel(run, text_tokens):
+  model = _model(run)
+  qcfg, scales = calibrate.load(run)
+  assert qcfg.rmsnorm == "int"
+  rec = _values(model, text_tokens)
+  eps = model.config.rms_norm_eps
+  frac = lambda s: -round(math.log2(s.scale))  # pow2 scales: Q formats
+  norms = _norms(scales)
+  # every norm: the blocks', the MLGRU's g_norm, the final norm, each BitLinear's own
+  assert {"layers.0.attn_norm.", "layers.1.mlp_norm.", "layers.0.attn.g_norm.", "norm.",
+          "lm_head.norm.", "layers.1.mlp.down_proj.norm."} <= set(norms)  # fmt: skip
+  assert len(norms) == 2 * 9 + 2  # per layer 2 + g_norm + 6 BitLinears; final norm, lm_head's
+  for p in norms:
+    s_x, s_g, s_r, s_y = (scales[p + n] for n in ("rms_in", "rms_gain", "rms_inv", "rms_out"))
+    x_q = (rec[p + "rms_in"] / s_x.scale).astype(np.int64)
+    g_q = (rec[p + "rms_gain"] / s_g.scale).astype(np.int64)
+    np.testing.assert_array_equal(x_q, rec[p + "rms_in"] / s_x.scale, err_msg=p)
+    sq_shift = neurons.rms_sq_shift(s_x.bits, x_q.shape[-1])
+    fmt = dict(x_bits=s_x.bits, x_frac=frac(s_x), gain_bits=s_g.bits, gain_frac=frac(s_g),
+               out_bits=s_y.bits, out_frac=frac(s_y), sq_shift=sq_shift, r_frac=frac(s_r),
+               r_bits=s_r.bits, rounding=qcfg.rounding)  # fmt: skip
+    eps_q = round(eps * 2.0 ** (2 * frac(s_x) - sq_shift))
+    y_q = neurons.rmsnorm_int(x_q, g_q, eps_q, **fmt)
+    assert y_q.dtype == np.int64 and np.any(y_q != 0), p
+    np.testing.assert_array_equal(rec[p + "rms_out"] / s_y.scale, y_q, err_msg=p)
+    # mutation: the other rounding moves some outputs by one step, and the equality sees it
+    other = "floor" if qcfg.rounding == "half_even" else "half_even"
+    assert np.any(neurons.rmsnorm_int(x_q, g_q, eps_q, **(fmt | {"rounding": other})) != y_q), p
+
+
+def test_float_rmsnorm_and_the_cost_of_integer_norms(run, text_tokens):
+  float_norms = _model(run, rmsnorm="float")
+  rec = _values(float_norms, text_tokens)
+  _, scales = calibrate.load(run)
+  for p in _norms(scales):  # float32 x·(1/rms)·w from the quantized internals, then quantized
+    x, inv, w = (rec[p + n].astype(np.float32) for n in ("rms_in", "rms_inv", "rms_gain"))
+    y, s = x * inv * w, scales[p + "rms_out"]
+    np.testing.assert_array_equal(
+      rec[p + "rms_out"] / s.scale, fixed.quantize_scale(y, s.scale, s.bits), err_msg=p
+    )
+  bitnet = mmfree.load(run).token_nll(text_tokens).mean()
+  int_loss, float_loss = _nll(_model(run), text_tokens), _nll(float_norms, text_tokens)
+  # measured: int +0.003%, float +0.010% (runs/tiny, full eval: +0.32%, +0.34%)
+  assert abs(int_loss / bitnet - 1) < 0.002 and abs(float_loss / bitnet - 1) < 0.002
+
+
+def test_rms_format_from_scales_and_its_fallbacks():
+  cfg = QuantConfig()
+  scales = {"rms_in": Scale(2.0**-3, 8), "rms_gain": Scale(2.0**-9, 12),
+            "rms_inv": Scale(2.0**-17, 24), "rms_out": Scale(2.0**-4, 8)}  # fmt: skip
+
+  def fmt_of(cfg, drop=None):
+    return hw.rms_format(hw.Hw(cfg, tuple(i for i in scales.items() if i[0] != drop)), 256, 1e-3)
+
+  fmt = fmt_of(cfg)
+  assert (fmt.x_frac, fmt.gain_frac, fmt.r_frac, fmt.out_frac) == (3, 9, 17, 4)
+  assert (fmt.x_bits, fmt.gain_bits, fmt.r_bits, fmt.out_bits) == (8, 12, 24, 8)
+  assert fmt.sq_shift == 0 and fmt.eps_q == round(1e-3 * 2**6)
+  # float norms: asked for, or a point without a scale (disabled)
+  assert fmt_of(cfg.replace(rmsnorm="float")) is None
+  assert all(fmt_of(cfg, drop=name) is None for name in scales)
+  with pytest.raises(ValueError, match="not a power of two"):
+    hw.frac_of(Scale(0.3, 8))
+  # formats the kernel cannot hold exactly: an error that names them and the way out
+  tiny_gain = dataclasses.replace(fmt, gain_frac=25)
+  with pytest.raises(OverflowError, match=r"gain_frac=25.*quant.rmsnorm='float'"):
+    hw.rmsnorm(jnp.ones((2, 256)), jnp.ones((256,)), tiny_gain)
+
+
 def test_hw_is_close_to_bitnet_after_calibration_and_generates(run, text_tokens):
   bitnet = mmfree.load(run).token_nll(text_tokens).mean()
   lm = mmfree.load(run, precision="hw")
@@ -121,15 +213,13 @@ def test_hw_trains_with_straight_through_gradients(run, text_tokens):
   model = _model(run)
   graphdef, params = nnx.split(model, nnx.Param)
 
-  def loss(params):
-    logits = nnx.merge(graphdef, params)(jnp.asarray(text_tokens[:, :-1]))[0]
-    targets = jnp.asarray(text_tokens[:, 1:])
-    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1))
-
-  grads = jax.grad(loss)(params)
+  grads = jax.grad(lambda params: _nll(nnx.merge(graphdef, params), text_tokens))(params)
   for path, g in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(grads))[0]:
     assert np.all(np.isfinite(g)), jax.tree_util.keystr(path)
   assert np.any(np.asarray(grads["layers"][0]["attn"]["i_proj"]["kernel"]) != 0)
+  # through the integer RMSNorms: their gains and what feeds them
+  assert np.any(np.asarray(grads["layers"][0]["attn_norm"]["weight"]) != 0)
+  assert np.any(np.asarray(grads["layers"][0]["attn"]["g_proj"]["norm"]["weight"]) != 0)
 
 
 def test_hw_without_calibration_says_what_to_run(tmp_path):

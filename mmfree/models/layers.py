@@ -15,17 +15,23 @@ class Frozen(nnx.Variable):
 
 
 class RMSNorm(nnx.Module):
-  """x / sqrt(mean(x²) + eps) ⊙ w, computed in float32."""
+  """x / sqrt(mean(x²) + eps) ⊙ w in float32; at `hw` the integer kernel (quant.rmsnorm='int')."""
 
   def __init__(self, dim: int, eps: float):
     self.weight = nnx.Param(jnp.ones((dim,), jnp.float32))
     self.eps = eps
 
   def __call__(self, x_BxTxD):
-    x = x_BxTxD.astype(jnp.float32)
-    ms_BxTx1 = point(self, "rms_ms", jnp.mean(jnp.square(x), axis=-1, keepdims=True))
+    x_BxTxD = point(self, "rms_in", x_BxTxD.astype(jnp.float32))
+    w_D = point(self, "rms_gain", self.weight[...])
+    ms_BxTx1 = point(self, "rms_ms", jnp.mean(jnp.square(x_BxTxD), axis=-1, keepdims=True))
     inv_BxTx1 = point(self, "rms_inv", jax.lax.rsqrt(ms_BxTx1 + self.eps))
-    return point(self, "rms_out", x * inv_BxTx1) * self.weight[...]
+    y_BxTxD = x_BxTxD * inv_BxTx1 * w_D
+    hw = getattr(self, "hw", None)
+    fmt = None if hw is None else hw_lib.rms_format(hw, x_BxTxD.shape[-1], self.eps)
+    if fmt is not None:  # the chip's values, the float norm's gradients (QAT trains through it)
+      y_BxTxD = hw_lib.ste(hw_lib.rmsnorm(x_BxTxD, w_D, fmt), y_BxTxD)
+    return point(self, "rms_out", y_BxTxD)
 
 
 def hw_input(layer: nnx.Module, x_BxTxI):

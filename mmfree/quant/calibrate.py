@@ -23,6 +23,7 @@ from mmfree.quant.config import QuantConfig
 from mmfree.quant.points import Probe, Scale, recorder, set_probe, set_scales
 
 QUANT = "quant"
+FORMAT = 2  # of quant/: 2 added the integer RMSNorm's points (older calibrations are refused)
 
 
 def point_name(key: str) -> str:
@@ -110,7 +111,7 @@ def save(run_dir: Path, cfg: QuantConfig, scales: dict, stats: dict, meta: dict)
   out = Path(run_dir) / QUANT
   tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".quant-"))
   files = {
-    "config.json": {**cfg.to_dict(), "calibration": meta},
+    "config.json": {**cfg.to_dict(), "calibration": {**meta, "format": FORMAT}},
     "scales.json": {k: dataclasses.asdict(s) for k, s in scales.items()},
     "stats.json": stats,
   }
@@ -162,7 +163,10 @@ def saved_config(run_dir: Path) -> QuantConfig:
       f"{path.parent} holds no calibration: run `mmfree quantize calibrate {run_dir}`"
     )
   saved = json.loads(path.read_text())
-  saved.pop("calibration", None)
+  if saved.pop("calibration", {}).get("format") != FORMAT:
+    raise ValueError(
+      f"{path} is from an older version of mmfree: run `mmfree quantize calibrate {run_dir}` again"
+    )
   try:
     return configs.to_dataclass(QuantConfig, configs.as_tuples(saved), "quant")
   except ValueError as e:

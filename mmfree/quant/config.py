@@ -12,7 +12,7 @@ POINTS = {
   "model": ("final_norm",),
   "mlgru": ("f_sigma", "f_lb", "c", "h", "g_norm", "silu_h", "gated"),
   "glu": ("glu_gate", "glu_up", "glu_silu", "glu_prod"),
-  "rmsnorm": ("rms_ms", "rms_inv", "rms_out"),
+  "rmsnorm": ("rms_in", "rms_gain", "rms_ms", "rms_inv", "rms_out"),
   "bitlinear": ("bitlinear_in", "bitlinear_acc"),
 }
 ALL_POINTS = tuple(p for group in POINTS.values() for p in group)
@@ -22,7 +22,9 @@ ROUNDINGS = ("half_even", "floor")
 BITLINEAR_INPUTS = ("per_token", "static")
 OBSERVERS = ("minmax", "ema", "percentile")
 NONLINEARITIES = ("silu", "relu")
+RMSNORMS = ("int", "float")
 MAX_BITS = 24  # graded spikes carry up to 24 bits (spec: loihi2.md)
+RMS_IN_MAX_BITS = 16  # the integer RMSNorm squares its input in int32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +42,7 @@ class QuantConfig:
   act_bits: int = 8  # activations passed between operations
   state_bits: int = 16  # the MLGRU state h, held by a neuron between timesteps
   acc_bits: int = 24  # BitLinear accumulators before rescale
+  gain_bits: int = 12  # the RMSNorm gain, held by the norm's neuron
   scale: str = "pow2"  # pow2 (a shift: what the chip does) | free (any real scale)
   pow2_mode: str = "ceil"  # ceil never clips the calibrated range; nearest may
   rounding: str = "half_even"  # half_even | floor (an arithmetic right shift)
@@ -52,6 +55,7 @@ class QuantConfig:
   lut_in_frac: int = 6  # Q-format of the table's input
   lut_out_frac: int = 8  # and of its output
   nonlinearity: str = "silu"  # silu | relu (relufication at `hw`: sparser activity)
+  rmsnorm: str = "int"  # int (the integer kernel, pow2 formats) | float (fake-quantized internals)
   bits: tuple[str, ...] = ()  # per-point widths, e.g. ("h=24", "c=12")
   disabled: tuple[str, ...] = ()  # points left unquantized
 
@@ -63,17 +67,30 @@ class QuantConfig:
       "bitlinear_input": BITLINEAR_INPUTS,
       "observer": OBSERVERS,
       "nonlinearity": NONLINEARITIES,
+      "rmsnorm": RMSNORMS,
     }
     for name, valid in choices.items():
       if getattr(self, name) not in valid:
         raise ValueError(f"quant.{name}={getattr(self, name)!r}: expected one of {valid}")
-    for name in ("act_bits", "state_bits", "acc_bits"):
+    for name in ("act_bits", "state_bits", "acc_bits", "gain_bits"):
       _check_bits(f"quant.{name}", getattr(self, name))
     unknown = [p for p in self.disabled if p not in ALL_POINTS]
     if unknown:
       raise ValueError(f"quant.disabled: unknown points {unknown}; valid: {list(ALL_POINTS)}")
     for name, b in self.point_bits.items():
       _check_bits(f"quant.bits[{name}]", b)
+    if self.rmsnorm == "int":
+      if self.scale != "pow2":
+        raise ValueError(
+          f"quant.rmsnorm='int' needs quant.scale='pow2' (its formats are shifts), got "
+          f"quant.scale={self.scale!r}: set quant.rmsnorm='float' for free scales"
+        )
+      if self.enabled("rms_in") and self.bits_of("rms_in") > RMS_IN_MAX_BITS:
+        raise ValueError(
+          f"quant.rmsnorm='int' takes inputs of at most {RMS_IN_MAX_BITS} bits (x² in int32), but "
+          f"rms_in has {self.bits_of('rms_in')} (quant.act_bits or quant.bits): add "
+          f"'rms_in={RMS_IN_MAX_BITS}' to quant.bits or set quant.rmsnorm='float'"
+        )
     if not 0 < self.ema_decay < 1:
       raise ValueError(f"quant.ema_decay={self.ema_decay}: must lie in (0, 1)")
     if not 50 < self.percentile <= 100:
@@ -98,13 +115,17 @@ class QuantConfig:
     return point not in self.disabled
 
   def bits_of(self, point: str) -> int:
-    """The width of `point`: its own, else the state's (h), accumulator's or activations'."""
+    """The width of `point`: its own, else the state's (h), the RMSNorm gain's, the accumulators'
+    (1/rms too: it spans decades across tokens, and small values must keep their precision) or
+    the activations'."""
     explicit = self.point_bits
     if point in explicit:
       return explicit[point]
     if point == "h":
       return self.state_bits
-    if point in ("bitlinear_acc", "rms_ms"):
+    if point == "rms_gain":
+      return self.gain_bits
+    if point in ("bitlinear_acc", "rms_ms", "rms_inv"):
       return self.acc_bits
     return self.act_bits
 

@@ -1,10 +1,10 @@
 """The `hw` precision level: the model as the chip computes it, with straight-through gradients.
 
 Every enabled quantization point holds `q · s` with its frozen calibrated scale `s`; σ and SiLU
-are the integer LUT kernels, the forget gate is fixed point, and the MLGRU state is the saturating
-integer integrator. The integer arithmetic is `mmfree.loihi.neurons`, the same functions the
-emulator runs, applied to int32 jax arrays. Values are exact; gradients flow as if through the
-`bitnet` computation (`ste`).
+are the integer LUT kernels, the forget gate is fixed point, the MLGRU state is the saturating
+integer integrator, and RMSNorms are the integer kernel (`quant.rmsnorm='int'`). The integer
+arithmetic is `mmfree.loihi.neurons`, the same functions the emulator runs, applied to int32 jax
+arrays. Values are exact; gradients flow as if through the `bitnet` computation (`ste`).
 """
 
 import dataclasses
@@ -102,3 +102,75 @@ def integrate(f_q, c, h0, s_h: Scale, cfg: QuantConfig):
 
   _, h_TxBxD = jax.lax.scan(step, h0_q, (jnp.swapaxes(f_q, 0, 1), jnp.swapaxes(c_q, 0, 1)))
   return jnp.swapaxes(h_TxBxD, 0, 1) * s_h.scale
+
+
+def frac_of(s: Scale) -> int:
+  """f of the format Q.f that the power-of-two scale s = 2^−f stands for."""
+  mantissa, exp = math.frexp(s.scale)
+  if mantissa != 0.5:
+    raise ValueError(
+      f"scale {s.scale} is not a power of two: the integer RMSNorm needs quant.scale='pow2' "
+      "(or quant.rmsnorm='float')"
+    )
+  return 1 - exp
+
+
+@dataclasses.dataclass(frozen=True)
+class RmsFormat:
+  """The static arguments of `neurons.rmsnorm_int` for one norm, from its frozen scales."""
+
+  eps_q: int
+  x_bits: int
+  x_frac: int
+  gain_bits: int
+  gain_frac: int
+  out_bits: int
+  out_frac: int
+  sq_shift: int
+  r_frac: int
+  r_bits: int
+  rounding: str
+
+
+def rms_format(hw: Hw, D: int, eps: float) -> RmsFormat | None:
+  """The integer RMSNorm's formats: x, gain and y those of the rms_in, rms_gain and rms_out
+  points, r = 1/rms that of rms_inv (its calibrated range). None: the float norm (rmsnorm='float'
+  or a disabled point)."""
+  s = {n: hw.scale(n) for n in ("rms_in", "rms_gain", "rms_inv", "rms_out")}
+  if hw.cfg.rmsnorm != "int" or None in s.values():
+    return None
+  x_bits, x_frac = s["rms_in"].bits, frac_of(s["rms_in"])
+  sq_shift = neurons.rms_sq_shift(x_bits, D)
+  return RmsFormat(
+    eps_q=round(eps * 2.0 ** (2 * x_frac - sq_shift)),  # eps in the mean square's format
+    x_bits=x_bits,
+    x_frac=x_frac,
+    gain_bits=s["rms_gain"].bits,
+    gain_frac=frac_of(s["rms_gain"]),
+    out_bits=s["rms_out"].bits,
+    out_frac=frac_of(s["rms_out"]),
+    sq_shift=sq_shift,
+    r_frac=frac_of(s["rms_inv"]),
+    r_bits=s["rms_inv"].bits,
+    rounding=hw.cfg.rounding,
+  )
+
+
+def rmsnorm(x, gain_D, fmt: RmsFormat):
+  """y = x·r·gain by the integer kernel, unsaturated (the rms_out point saturates it), as float.
+
+  x and gain lie on their formats' grids already (their points), so converting them is exact.
+  """
+  x_q = fixed.quantize(sg(x), -fmt.x_frac, fmt.x_bits, fmt.rounding, jnp.int32)
+  g_q = fixed.quantize(sg(gain_D), -fmt.gain_frac, fmt.gain_bits, fmt.rounding, jnp.int32)
+  # 32 bits: no clip here, so that the rms_out point's clip (same result) counts saturation.
+  kw = dataclasses.asdict(fmt) | {"out_bits": 32}
+  try:
+    y_q = neurons.rmsnorm_int(x_q, g_q, **kw)
+  except (OverflowError, ValueError) as e:
+    raise type(e)(
+      f"integer RMSNorm (D={x.shape[-1]}) cannot run exactly in the formats {fmt} calibrated for "
+      f"its rms_in, rms_gain, rms_inv and rms_out points: {e}. Change their widths "
+      "(quant.bits, quant.gain_bits) or set quant.rmsnorm='float'"
+    ) from e
+  return y_q.astype(jnp.float32) * 2.0**-fmt.out_frac
