@@ -125,6 +125,31 @@ def test_hw_values_equal_the_integer_kernels(run, text_tokens):
     np.testing.assert_array_equal(rec[m + "glu_silu"] / s_gs.scale, as_q(glu_silu, s_gs))
 
 
+def test_hw_bitlinears_equal_the_integer_rescale(run, text_tokens):
+  model = _model(run)
+  qcfg, scales = calibrate.load(run)
+  rec = _values(model, text_tokens)
+  layers = {".".join(map(str, path)): m for path, m in nnx.iter_modules(model)}
+  outs = sorted(k.removesuffix("bitlinear_out") for k in scales if k.endswith("bitlinear_out"))
+  assert len(outs) == 2 * 6 + 1  # 6 BitLinears per block, and the lm_head
+  for p in outs:
+    w_q, beta = (np.asarray(a) for a in layers[p.removesuffix(".")].quantized_weight())
+    x = rec[p + "bitlinear_in"]  # the norm's output, on its grid: per-token int8 from here
+    e_x = fixed.pow2_exponent(np.abs(x).max(-1, keepdims=True), 8)
+    x_q = np.clip(np.round(np.ldexp(x, -e_x)), -128, 127).astype(np.int64)
+    lo, hi = fixed.int_range(qcfg.acc_bits)
+    acc = np.clip(neurons.ternary_matvec(x_q, w_q.astype(np.int64)), lo, hi)
+    np.testing.assert_array_equal(rec[p + "bitlinear_acc"], acc, err_msg=p)
+    m, k = neurons.multiplier(np.float32(beta), neurons.rescale_m_bits(x.shape[-1]))
+    s = scales[p + "bitlinear_out"]
+    y_q = neurons.bitlinear_rescale(acc, m, k, e_x, hw.frac_of(s), s.bits, qcfg.rounding)
+    np.testing.assert_array_equal(rec[p + "bitlinear_out"] / s.scale, y_q, err_msg=p)
+    # β's multiplier is within half a step of β, and the rescale near the float product
+    assert abs(m * 2.0**-k / beta - 1) <= 2.0 ** -(neurons.rescale_m_bits(x.shape[-1]) - 1)
+    ref = acc * float(beta) * np.ldexp(1.0, e_x)
+    assert np.all(np.abs(y_q * s.scale - ref) <= s.scale + 1e-3 * np.abs(ref)), p
+
+
 def _norms(scales):
   """The module paths (with a trailing '.', '' for none) of every RMSNorm."""
   return sorted(k.removesuffix("rms_out") for k in scales if k.endswith("rms_out"))

@@ -74,6 +74,33 @@ def test_mul_shift_equals_exact_rational(case, rounding):
   np.testing.assert_array_equal(out, ref)
 
 
+@given(x=_ints(30, 16), e=hnp.arrays(np.int64, 16, elements=st.integers(-10, 30)),
+       rounding=st.sampled_from(fixed.ROUNDINGS))  # fmt: skip
+def test_shift_right_each_is_the_exact_quotient_per_element(x, e, rounding):
+  x = np.where(e < 0, x >> 11, x)  # left shifts stay within int32
+  out = fixed.shift_right_each(x, e, rounding)
+  exact = [Fraction(int(u)) / Fraction(2) ** int(k) for u, k in zip(x, e, strict=True)]
+  np.testing.assert_array_equal(out, [math.floor(q) if rounding == "floor" else round(q)
+                                      for q in exact])  # fmt: skip
+
+
+@given(acc=_ints(18, 12), beta=st.floats(1e-5, 4.0), e_x=hnp.arrays(np.int64, 12,
+       elements=st.integers(-12, 3)), out_frac=st.integers(-4, 24), out_bits=st.integers(4, 24),
+       rounding=st.sampled_from(fixed.ROUNDINGS))  # fmt: skip
+def test_bitlinear_rescale_equals_exact_rational(acc, beta, e_x, out_frac, out_bits, rounding):
+  m_bits = neurons.rescale_m_bits(1024)  # |acc| < 2^17 + 1: 1024 int8 inputs
+  m, k = neurons.multiplier(np.float32(beta), m_bits)
+  assert 2 ** (m_bits - 1) <= m <= 2**m_bits
+  assert abs(Fraction(int(m), 2 ** int(k)) / Fraction(float(np.float32(beta))) - 1) <= Fraction(
+    1, 2**m_bits
+  )
+  out = neurons.bitlinear_rescale(acc, m, k, e_x, out_frac, out_bits, rounding)
+  lo, hi = fixed.int_range(out_bits)
+  for a, ex, y in zip(acc, e_x, out, strict=True):
+    q = Fraction(int(a) * int(m)) * Fraction(2) ** (int(ex) + out_frac - int(k))
+    assert y == min(max(math.floor(q) if rounding == "floor" else round(q), lo), hi)
+
+
 def test_mul_shift_refuses_int32_overflow():
   with pytest.raises(OverflowError, match="int32"):
     fixed.mul_shift(np.array([1]), np.array([1]), 8, 24, 10, 31)  # result up to 2^31
@@ -329,6 +356,11 @@ INT_CASES = {
     (_F8, _X20, _X20[0]),
   ),
   "ternary_matvec": (lambda x, w: neurons.ternary_matvec(x, w, 8), (_X8, _X8.T[:, :5] % 3 - 1)),
+  "shift_each": (lambda x, e: fixed.shift_right_each(x, e, "half_even"), (_X20, _F8 % 31)),
+  "rescale": (
+    lambda a, e: neurons.bitlinear_rescale(a >> 6, 9000, 20, e % 9 - 6, 6, 16, "half_even"),
+    (_X20, _F8),
+  ),
 }
 
 
@@ -347,6 +379,18 @@ def test_same_integers_in_numpy_and_jax(name):
   for out in (fn(*j_args), jax.jit(fn)(*j_args)):
     assert out.dtype == jnp.int32
     np.testing.assert_array_equal(np.asarray(out), ref)
+
+
+def test_beta_multiplier_is_the_same_in_numpy_and_jax():
+  import jax.numpy as jnp
+
+  beta = np.float32(_rng.uniform(1e-5, 4.0, size=200)).astype(np.float32)
+  beta[:3] = (0.5, 0.125, 2.0**-7)  # powers of two: frexp's boundary
+  m, k = neurons.multiplier(beta, 12)
+  jm, jk = neurons.multiplier(jnp.asarray(beta), 12)
+  np.testing.assert_array_equal(m, np.asarray(jm))
+  np.testing.assert_array_equal(k, np.asarray(jk))
+  np.testing.assert_array_equal(m[:3], 2**11)
 
 
 def test_same_floats_in_numpy_and_jax():

@@ -101,6 +101,24 @@ def shift_right(x, e, rounding="floor"):
   return _round(x >> e, x & ((1 << e) - 1), e, rounding)
 
 
+def shift_right_each(x, e, rounding="floor"):
+  """`shift_right` with a shift per element (an integer array broadcast against x).
+
+  Shifts are data here (traced under jit), so the caller bounds them: |e| ≤ 30, and a negative
+  (left) shift keeps |x|·2^−e within int32.
+  """
+  check_rounding(rounding)
+  xp = namespace(x, e)
+  x, e = as_int(x, xp), as_int(e, xp)
+  r_ = xp.clip(e, 0, MAX_SHIFT)
+  q = x >> r_
+  if rounding == "half_even":
+    r = x & ((1 << r_) - 1)
+    half = (1 << r_) >> 1  # 0 where e ≤ 0: no remainder, nothing to round
+    q = q + ((half > 0) & ((r > half) | ((r == half) & ((q & 1) == 1)))).astype(q.dtype)
+  return xp.where(e >= 0, q, x << xp.clip(-e, 0, MAX_SHIFT))
+
+
 def saturate(x, bits):
   """clip(x, −2^(bits−1), 2^(bits−1) − 1)."""
   lo, hi = int_range(bits)

@@ -1,5 +1,5 @@
 """Integer semantics of the neuron kinds: LUT σ and SiLU, forget gate, inverse square root,
-RMSNorm, the MLGRU integrator and ternary synapses.
+RMSNorm, the MLGRU integrator, ternary synapses and the BitLinear rescale.
 
 Written once for the hardware-aware JAX model, the emulator and the Lava process models: numpy and
 the standard library only, array-API style (see `fixed`), so each function returns the same
@@ -22,6 +22,7 @@ from mmfree.loihi.fixed import (
   namespace,
   saturate,
   shift_right,
+  shift_right_each,
 )
 
 
@@ -253,3 +254,46 @@ def ternary_matvec(x_q, w_q_IxO, x_bits=None):
   xp = namespace(x_q, w_q_IxO)
   x = as_int(x_q, xp)
   return xp.matmul(x, as_int(w_q_IxO, xp).astype(x.dtype))
+
+
+def acc_bits_bound(n_in, x_bits=8):
+  """Signed bits of the largest |Σ x·w| over n_in inputs of x_bits bits and ternary weights."""
+  return (n_in << (x_bits - 1)).bit_length() + 1
+
+
+def rescale_m_bits(n_in, x_bits=8):
+  """The multiplier's width that keeps acc·m within int32 (16 at most: finer than β needs)."""
+  return min(16, 31 - acc_bits_bound(n_in, x_bits))
+
+
+def multiplier(value, m_bits):
+  """(m, k) with value ≈ m·2^−k, m = round(mantissa·2^m_bits) ∈ [2^(m_bits−1), 2^m_bits] for
+  value > 0 (0 gives m = 0). frexp and ldexp are exact, so numpy and jax give the same (m, k)."""
+  xp = namespace(value)
+  mant, exp = xp.frexp(xp.asarray(value))
+  m = xp.round(xp.ldexp(mant, m_bits))
+  idt = np.int64 if xp is np else xp.int32
+  return m.astype(idt), (m_bits - exp).astype(idt)
+
+
+def bitlinear_rescale(acc, m, k, e_x, out_frac, out_bits, rounding="floor"):
+  """y = sat(round(acc·m·2^(e_x + out_frac − k)), out_bits): a BitLinear's accumulator times its
+  weight scale β = m·2^−k and its input scale 2^e_x (per token or static), in Q.out_frac.
+
+  k and e_x may be arrays (traced under jit): the shift s = k − e_x − out_frac is per element.
+  acc·m must fit int32 (choose m's width with `rescale_m_bits`). Left shifts (s < 0) saturate
+  without overflowing; right shifts beyond 30 give what the exact quotient rounds to.
+  """
+  xp = namespace(acc, m, k, e_x)
+  acc = as_int(acc, xp)
+  m, k, e_x = (as_int(a, xp).astype(acc.dtype) for a in (m, k, e_x))  # acc's width throughout
+  v = acc * m
+  s = k - e_x - out_frac
+  lo, hi = int_range(out_bits)
+  n = xp.clip(-s, 0, 30)
+  top, bottom = xp.asarray(hi, dtype=v.dtype) >> n, xp.asarray(lo, dtype=v.dtype) >> n
+  left = xp.where(v > top, hi, xp.where(v < bottom, lo, v << n))
+  right = saturate(shift_right_each(v, xp.clip(s, 0, 30), rounding), out_bits)
+  if rounding == "half_even":  # |v| < 2^30: beyond a shift of 30 the quotient rounds to 0
+    right = xp.where(s > 30, 0, right)
+  return xp.where(s < 0, left, right)

@@ -106,7 +106,11 @@ class BitLinear(nnx.Module):
     if self.precision == "hw":
       lo, hi = fixed.int_range(self.hw.cfg.acc_bits)
       acc_BxTxO = hw_lib.ste(jnp.clip(acc_BxTxO, lo, hi), acc_BxTxO)
-    return point(self, "bitlinear_acc", acc_BxTxO) * (beta / s_BxTx1)
+    acc_BxTxO = point(self, "bitlinear_acc", acc_BxTxO)
+    y_BxTxO = acc_BxTxO * (beta / s_BxTx1)
+    if self.precision == "hw":
+      y_BxTxO = hw_lib.rescale(self.hw, acc_BxTxO, beta, s_BxTx1, y_BxTxO, x_q.shape[-1])
+    return point(self, "bitlinear_out", y_BxTxO)
 
   def _matmul(self, x_BxTxI, w_IxO):
     dt = jnp.dtype(self.matmul_dtype)

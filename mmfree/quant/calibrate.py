@@ -23,7 +23,7 @@ from mmfree.quant.config import QuantConfig
 from mmfree.quant.points import Probe, Scale, recorder, set_probe, set_scales
 
 QUANT = "quant"
-FORMAT = 2  # of quant/: 2 added the integer RMSNorm's points (older calibrations are refused)
+FORMAT = 3  # of quant/: 2 added the integer RMSNorm points, 3 bitlinear_out (older: refused)
 
 
 def point_name(key: str) -> str:

@@ -13,7 +13,7 @@ POINTS = {
   "mlgru": ("f_sigma", "f_lb", "c", "h", "g_norm", "silu_h", "gated"),
   "glu": ("glu_gate", "glu_up", "glu_silu", "glu_prod"),
   "rmsnorm": ("rms_in", "rms_gain", "rms_ms", "rms_inv", "rms_out"),
-  "bitlinear": ("bitlinear_in", "bitlinear_acc"),
+  "bitlinear": ("bitlinear_in", "bitlinear_acc", "bitlinear_out"),
 }
 ALL_POINTS = tuple(p for group in POINTS.values() for p in group)
 SCALES = ("pow2", "free")
@@ -125,7 +125,7 @@ class QuantConfig:
       return self.state_bits
     if point == "rms_gain":
       return self.gain_bits
-    if point in ("bitlinear_acc", "rms_ms", "rms_inv"):
+    if point in ("bitlinear_acc", "bitlinear_out", "rms_ms", "rms_inv"):
       return self.acc_bits
     return self.act_bits
 

@@ -104,6 +104,19 @@ def integrate(f_q, c, h0, s_h: Scale, cfg: QuantConfig):
   return jnp.swapaxes(h_TxBxD, 0, 1) * s_h.scale
 
 
+def rescale(hw: Hw, acc_BxTxO, beta, s_x, y_BxTxO, n_in: int):
+  """A BitLinear's output in its bitlinear_out format by the integer rescale (β as a multiplier
+  and shift, the input scale s_x = 2^−e_x a shift); with free scales, the float `y_BxTxO`."""
+  s = hw.scale("bitlinear_out")
+  if s is None or hw.cfg.scale != "pow2":
+    return y_BxTxO
+  m, k = neurons.multiplier(sg(beta), neurons.rescale_m_bits(n_in))
+  e_x = 1 - jnp.frexp(jnp.asarray(s_x, jnp.float32))[1]  # s_x = 2^(p − 1): exact
+  acc_q = sg(acc_BxTxO).astype(jnp.int32)  # integers below 2^24: exact
+  y_q = neurons.bitlinear_rescale(acc_q, m, k, e_x, frac_of(s), s.bits, hw.cfg.rounding)
+  return ste(y_q * s.scale, y_BxTxO)
+
+
 def frac_of(s: Scale) -> int:
   """f of the format Q.f that the power-of-two scale s = 2^−f stands for."""
   mantissa, exp = math.frexp(s.scale)
