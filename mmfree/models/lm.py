@@ -32,7 +32,12 @@ class GLU(nnx.Module):
     hw = getattr(self, "hw", None)
     silu = jax.nn.silu if hw is None else functools.partial(hw_lib.silu, cfg=hw.cfg)
     s_BxTxI = point(self, "glu_silu", silu(point(self, "glu_gate", g_BxTxI)))
-    p_BxTxI = point(self, "glu_prod", s_BxTxI * point(self, "glu_up", u_BxTxI))
+    u_BxTxI = point(self, "glu_up", u_BxTxI)
+    if hw is None:
+      p_BxTxI = s_BxTxI * u_BxTxI
+    else:
+      p_BxTxI = hw_lib.product(hw, s_BxTxI, "glu_silu", u_BxTxI, "glu_up", "glu_prod")
+    p_BxTxI = point(self, "glu_prod", p_BxTxI)
     return self.down_proj(p_BxTxI)
 
 

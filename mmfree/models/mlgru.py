@@ -88,7 +88,12 @@ class MLGRU(nnx.Module):
       silu = functools.partial(hw_lib.silu, cfg=hw.cfg)
     h_BxTxD = point(self, "h", h_BxTxD)  # every step's state: what the neuron holds
     g_BxTxD = point(self, "g_norm", self.g_norm(self.g_proj(x_BxTxH)))
-    o_BxTxD = point(self, "gated", g_BxTxD * point(self, "silu_h", silu(h_BxTxD)))
+    s_BxTxD = point(self, "silu_h", silu(h_BxTxD))
+    if hw is None:
+      o_BxTxD = g_BxTxD * s_BxTxD
+    else:
+      o_BxTxD = hw_lib.product(hw, g_BxTxD, "g_norm", s_BxTxD, "silu_h", "gated")
+    o_BxTxD = point(self, "gated", o_BxTxD)
     return self.o_proj(o_BxTxD), h_BxTxD[:, -1]
 
   def _hw_gates(self, hw, f_pre, i_pre, lb_D, f_float, c_float, h0_BxD):
@@ -98,13 +103,12 @@ class MLGRU(nnx.Module):
     point(self, "f_sigma", hw_lib.ste(sig_q * 2.0**-F, jax.nn.sigmoid(f_pre)))
     f_q = sig_q if lb_D is None else hw_lib.forget_q(sig_q, lb_D, cfg)
     f_BxTxD = point(self, "f_lb", hw_lib.ste(f_q * 2.0**-F, f_float))
-    if cfg.nonlinearity == "relu":
-      c_BxTxD = jax.nn.relu(i_pre) * (1 - f_BxTxD)
-    else:
-      W = hw_lib.WIDE_BITS
-      silu_q = hw_lib.silu_q(i_pre, cfg)
-      c_q = fixed.mul_shift(silu_q, neurons.one_minus(f_q, F), F, W, W, F + 2, cfg.rounding)
-      c_BxTxD = hw_lib.ste(c_q * 2.0**-cfg.lut_in_frac, c_float)
+    if cfg.nonlinearity == "relu":  # the gradient of what runs
+      c_float = jax.nn.relu(i_pre) * (1 - f_float)
+    W = hw_lib.WIDE_BITS  # SiLU(i) (or ReLU(i)) times 1 − f, in Q.lut_in_frac
+    act_q = hw_lib.silu_q(i_pre, cfg)
+    c_q = fixed.mul_shift(act_q, neurons.one_minus(f_q, F), F, W, W, F + 2, cfg.rounding)
+    c_BxTxD = hw_lib.ste(c_q * 2.0**-cfg.lut_in_frac, c_float)
     c_BxTxD = point(self, "c", c_BxTxD)
     s_h = hw.scale("h")
     h_float = recurrence(f_BxTxD, c_BxTxD, h0_BxD, self.scan)

@@ -72,15 +72,31 @@ def sigmoid_q(x, cfg: QuantConfig):
 
 
 def silu(x, cfg: QuantConfig):
-  """SiLU(x) by the LUT, in Q.lut_in_frac; `relu` when the config relufies."""
-  if cfg.nonlinearity == "relu":
-    return jax.nn.relu(x)
-  return ste(silu_q(x, cfg) * 2.0**-cfg.lut_in_frac, jax.nn.silu(x))
+  """SiLU(x) by the LUT (ReLU when the config relufies), in Q.lut_in_frac."""
+  exact = jax.nn.relu(x) if cfg.nonlinearity == "relu" else jax.nn.silu(x)
+  return ste(silu_q(x, cfg) * 2.0**-cfg.lut_in_frac, exact)
 
 
 def silu_q(x, cfg: QuantConfig):
-  """SiLU(x) in Q.lut_in_frac (int32) by the LUT, over WIDE_BITS inputs."""
-  return neurons.silu_int(lut_input(x, cfg, WIDE_BITS), _lut(cfg), cfg.rounding)
+  """SiLU(x) by the LUT, or ReLU, in Q.lut_in_frac (int32) over WIDE_BITS inputs."""
+  x_q = lut_input(x, cfg, WIDE_BITS)
+  if cfg.nonlinearity == "relu":
+    return jnp.maximum(x_q, 0)
+  return neurons.silu_int(x_q, _lut(cfg), cfg.rounding)
+
+
+def product(hw: Hw, a, name_a: str, b, name_b: str, name_out: str):
+  """a·b for point `name_out` by an integer multiply and shift of points a and b's integers when
+  all three have power-of-two scales (else the float product). Unsaturated: the point clips, and
+  counts it."""
+  s_a, s_b, s_o = (hw.scale(n) for n in (name_a, name_b, name_out))
+  if None in (s_a, s_b, s_o) or hw.cfg.scale != "pow2":
+    return a * b
+  f_a, f_b, r = frac_of(s_a), frac_of(s_b), hw.cfg.rounding
+  a_q = fixed.quantize(sg(a), -f_a, s_a.bits, r, jnp.int32)  # on their grids: exact
+  b_q = fixed.quantize(sg(b), -f_b, s_b.bits, r, jnp.int32)
+  q = fixed.mul_shift(a_q, b_q, f_a + f_b - frac_of(s_o), 32, s_a.bits, s_b.bits, r)
+  return ste(q * s_o.scale, a * b)
 
 
 def forget_q(sig_q, lb_D, cfg: QuantConfig):
