@@ -19,6 +19,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from mmfree.loihi.fixed import pow2_exponent
+from mmfree.quant import hw
 from mmfree.quant.config import QuantConfig
 from mmfree.quant.points import Probe, Scale, recorder, set_probe, set_scales
 
@@ -72,7 +73,10 @@ def calibrate(model: nnx.Module, batches: list, cfg: QuantConfig) -> tuple[dict,
     amax = observe(recs, cfg)
     if name == "bitlinear_in" and cfg.bitlinear_input == "per_token":
       continue  # quantized per token by its BitLinear, not with a frozen scale
-    scales[key] = choose_scale(amax, cfg.bits_of(name), cfg)
+    if name in hw.FIXED_POINTS:  # the kernels' own formats: recorded, for saturation counts
+      scales[key] = hw.fixed_format(name, cfg)
+    else:
+      scales[key] = choose_scale(amax, cfg.bits_of(name), cfg)
     stats[key] = {
       "point": name,
       "min": min(float(r["min"]) for r in recs),

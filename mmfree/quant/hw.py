@@ -34,6 +34,14 @@ class Hw:
     return dict(self.scales).get(name)
 
 
+def fixed_format(name: str, cfg: QuantConfig) -> Scale:
+  """The format of a FIXED_POINTS point: gates in Q.lut_out_frac (up to 1 inclusive), and
+  accumulators as integers of acc_bits."""
+  if name == "bitlinear_acc":
+    return Scale(1.0, cfg.acc_bits)
+  return Scale(2.0**-cfg.lut_out_frac, cfg.lut_out_frac + 2)
+
+
 def ste(value, float_value):
   """The value of `value`, the gradient of `float_value` (`u − sg(u)` is exactly zero)."""
   return sg(value) + (float_value - sg(float_value))
