@@ -1,0 +1,179 @@
+"""Placement of a program's populations and their fan-in synapses on neuro-cores, then on chips.
+
+The memory model (assumptions: Loihi 2's synapse encodings are not published in this detail):
+- A synapse group is stored dense or sparse, whichever takes fewer bits over the whole group. Dense
+  keeps every weight of a target neuron's fan-in, zeros included (n_in · weight_bits a neuron);
+  sparse keeps each non-zero weight with the index of its source (weight_bits + ⌈log2 n_in⌉ bits).
+  Row pointers, the group's shared exponent and alignment to memory words are not charged.
+- A neuron's state is Σ state_bits plus, for each per-neuron parameter array, the signed width of
+  the array's largest value (times its values per neuron).
+- A core's synapse bytes and state bytes (each rounded up to whole bytes) share its memory
+  (`hw.core.memory`); microcode and routing tables are not charged.
+- Populations don't share cores: simple, and it over-counts cores for small populations.
+- Synapse groups with a host endpoint live on the host and take no core memory.
+- Cores fill chips in program order, within the chip's cores, neurons and synapses.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from mmfree.loihi import hardware
+from mmfree.loihi.program import HOST, Population, Program, Synapses
+
+SUMMED = ("neurons", "synapses", "weights", "synapse_bytes", "state_bytes")
+
+
+@dataclasses.dataclass(frozen=True)
+class Core:
+  """One neuro-core: neurons [start, stop) of one population, with their fan-in synapses."""
+
+  chip: int
+  population: str
+  layer: int | None
+  start: int
+  stop: int
+  synapses: int  # non-zero fan-in weights
+  weights: int  # fan-in weights, zeros included
+  synapse_bytes: int
+  state_bytes: int
+
+  @property
+  def neurons(self) -> int:
+    return self.stop - self.start
+
+
+@dataclasses.dataclass(frozen=True)
+class Mapping:
+  cores: tuple  # of Core, in program order
+  encodings: dict  # on-chip synapse group -> "dense" | "sparse"
+  hw: hardware.Hardware
+
+  @property
+  def chips(self) -> int:
+    return self.cores[-1].chip + 1 if self.cores else 0
+
+  def totals(self) -> dict:
+    """cores, chips, neurons, synapses (non-zero), weights, memory bytes and zero share."""
+    return {**_totals(self.cores), "chips": self.chips}
+
+  def by_layer(self) -> dict:
+    """Totals per block index, model-level populations under None; in program order."""
+    layers = {}
+    for c in self.cores:
+      layers.setdefault(c.layer, []).append(c)
+    return {layer: _totals(cores) for layer, cores in layers.items()}
+
+
+def _totals(cores) -> dict:
+  t = {"cores": len(cores), **{f: sum(getattr(c, f) for c in cores) for f in SUMMED}}
+  t["zero_share"] = 1 - t["synapses"] / t["weights"] if t["weights"] else 0.0
+  return t
+
+
+def index_bits(n_in: int) -> int:
+  """Bits of a source index in sparse storage."""
+  return (n_in - 1).bit_length()
+
+
+def encoding(s: Synapses, nnz: int) -> str:
+  dense = s.n_in * s.n_out * s.weight_bits
+  return "sparse" if nnz * (s.weight_bits + index_bits(s.n_in)) < dense else "dense"
+
+
+def _signed_bits(a: np.ndarray) -> int:
+  lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+  return max((v if v >= 0 else ~v).bit_length() + 1 for v in (lo, hi))
+
+
+def state_bits(program: Program, q: Population) -> int:
+  """Bits of state and per-neuron parameters one neuron of `q` keeps."""
+  arrays = (program.arrays[key] for key in q.arrays.values())
+  return sum(q.state_bits.values()) + sum(_signed_bits(a) * (a.size // q.size) for a in arrays)
+
+
+def _split(q: Population, syn_bits: np.ndarray, neuron_bits: int, hw: hardware.Hardware):
+  """(start, stop, synapse bytes, state bytes) of contiguous neuron ranges that fit a core."""
+  max_n, mem = hw.core.neurons.value, hw.core.memory.value
+  cum = np.concatenate([[0], np.cumsum(syn_bits)])
+  start = 0
+  while start < q.size:
+    n = np.arange(1, min(max_n, q.size - start) + 1)
+    syn, state = (cum[start + n] - cum[start] + 7) // 8, (n * neuron_bits + 7) // 8
+    fit = int(np.searchsorted(syn + state, mem, side="right"))  # bytes rise with n
+    if fit == 0:
+      raise ValueError(
+        f"population {q.name!r}: neuron {start} alone needs {syn[0]} B of fan-in synapses and "
+        f"{state[0]} B of state, more than a core's {mem} B (core.memory): use fewer weight bits, "
+        "sparser weights or a smaller fan-in, or override core.memory"
+      )
+    yield start, start + fit, int(syn[fit - 1]), int(state[fit - 1])
+    start += fit
+
+
+def _chips(cores: list[dict], hw: hardware.Hardware) -> list[int]:
+  """Chip index of each core, filling chips in order within their cores, neurons and synapses."""
+  limits = (hw.chip.cores.value, hw.chip.neurons.value, hw.chip.synapses.value)
+  chip, used, out = 0, (0, 0, 0), []
+  for c in cores:
+    need = (1, c["stop"] - c["start"], c["synapses"])
+    if any(n > lim for n, lim in zip(need, limits, strict=True)):
+      raise ValueError(
+        f"population {c['population']!r}: one core's (cores, neurons, synapses) = {need} exceed "
+        f"a chip's {limits}: lower core.neurons or core.memory, or raise the chip limits"
+      )
+    if any(u + n > lim for u, n, lim in zip(used, need, limits, strict=True)):
+      chip, used = chip + 1, (0, 0, 0)
+    used = tuple(u + n for u, n in zip(used, need, strict=True))
+    out.append(chip)
+  return out
+
+
+def place(program: Program, hw: hardware.Hardware = hardware.DEFAULT) -> Mapping:
+  """Every population on its own cores (split by neuron ranges when needed), cores on chips."""
+  groups = [s for s in program.synapses if HOST not in (s.source, s.target)]
+  encodings = {s.name: encoding(s, program.nnz(s.name)) for s in groups}
+  cores = []
+  for q in program.populations:
+    syn_bits, nnz, fan_in = np.zeros(q.size, np.int64), np.zeros(q.size, np.int64), 0
+    for s in program.fan_in(q.name):
+      if s.name not in encodings:
+        continue
+      col = program.nnz_per_target(s.name)
+      sparse = encodings[s.name] == "sparse"
+      syn_bits += col * (s.weight_bits + index_bits(s.n_in)) if sparse else s.n_in * s.weight_bits
+      nnz, fan_in = nnz + col, fan_in + s.n_in
+    for start, stop, syn_b, state_b in _split(q, syn_bits, state_bits(program, q), hw):
+      cores.append(
+        {
+          "population": q.name,
+          "layer": q.layer,
+          "start": start,
+          "stop": stop,
+          "synapses": int(nnz[start:stop].sum()),
+          "weights": fan_in * (stop - start),
+          "synapse_bytes": syn_b,
+          "state_bytes": state_b,
+        }
+      )
+  chips = _chips(cores, hw)
+  return Mapping(tuple(Core(chip=k, **c) for k, c in zip(chips, cores, strict=True)), encodings, hw)
+
+
+def report(mapping: Mapping) -> str:
+  """Markdown: per-layer and total resources, then the constants the placement used."""
+  head = "| layer | cores | neurons | synapses | weights | zeros | synapse KiB | state KiB |"
+  rows = [head, "|---|" + "---:|" * 7]
+  table = {**mapping.by_layer(), "total": mapping.totals()}
+  for layer, t in table.items():
+    name = {None: "model", "total": "**total**"}.get(layer, layer)
+    rows.append(
+      f"| {name} | {t['cores']} | {t['neurons']:,} | {t['synapses']:,} | {t['weights']:,} | "
+      f"{t['zero_share']:.1%} | {t['synapse_bytes'] / 1024:,.1f} | {t['state_bytes'] / 1024:,.1f} |"
+    )
+  t = mapping.totals()
+  lines = ["", f"Cores: {t['cores']}, chips: {t['chips']}. Constants used:", ""]
+  for name, c in hardware.constants(mapping.hw).items():
+    if name.startswith(("core.", "chip.")):
+      lines.append(f"- `{name}` = {c.value:,} {c.unit} ({c.source})")
+  return "\n".join(rows + lines) + "\n"
