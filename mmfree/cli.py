@@ -146,6 +146,18 @@ def cmd_quantize_calibrate(args, extra):
   print(f"wrote {run_dir / calibrate.QUANT}/ (config.json, scales.json, stats.json)")
 
 
+def cmd_lower(args, extra):
+  from mmfree.loihi import lower, mapping, program
+
+  _only(extra)
+  out = lower.lower_run(Path(args.run_dir), Path(args.out) if args.out else None, args.lm_head)
+  prog = program.load(out)
+  s, zeros = program.summary(prog), lower.zero_share(prog)
+  print(f"wrote {out}: {s['populations']} populations, {s['neurons']:,} neurons, "
+        f"{s['synapse_groups']} synapse groups; ternary weights {zeros:.1%} zero")  # fmt: skip
+  print(mapping.report(mapping.place(prog)))
+
+
 def parser() -> argparse.ArgumentParser:
   from mmfree import results, sweep
 
@@ -204,6 +216,12 @@ def parser() -> argparse.ArgumentParser:
   qc.add_argument("--batch-size", type=int, default=8)
   qc.add_argument("--seq-len", type=int, default=128)
   qc.set_defaults(fn=cmd_quantize_calibrate)
+
+  lw = sub.add_parser("lower", help="a calibrated run -> a Loihi 2 neuron program bundle")
+  lw.add_argument("run_dir", help="a run directory with quant/ (mmfree quantize calibrate)")
+  lw.add_argument("--out", default=None, help="bundle directory (default RUN_DIR/program)")
+  lw.add_argument("--lm-head", choices=("chip", "host"), default="chip")
+  lw.set_defaults(fn=cmd_lower)
 
   sweep.add_parser(sub)
   results.add_parser(sub)

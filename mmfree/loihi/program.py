@@ -26,6 +26,7 @@ VERSION = 1
 MANIFEST = "program.json"
 ARRAYS = "arrays"
 HOST = "host"  # an endpoint off chip: the embedding's input, sampling's output
+EMBEDDING = "host.embedding"  # float32 [V, H]: the host quantizes a token's row to block_in
 # Neuron kinds (fused neuron programs); the lowering extends this tuple with its own kinds.
 KINDS = ("rmsnorm", "act_quant", "accumulate", "mlgru", "glu", "product", "residual", "readout")
 STORAGES = ("dense", "csr")

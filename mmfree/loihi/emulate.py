@@ -1,0 +1,218 @@
+"""The emulator: a program bundle run token by token in numpy integers, with activity counts.
+
+Each neuron kind is a function of its ports' messages, built from the integer kernels of
+`neurons` (the same ones the `hw` model runs), so its integers equal the `hw` model's at every
+population output. Messages are integers with a Q format (a per-token exponent for a BitLinear's
+int8 inputs). Activity per population and token: synaptic operations (non-zero weight × non-zero
+incoming message), messages sent (non-zero outputs) and neuron updates. numpy only.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from mmfree.loihi import fixed, neurons
+from mmfree.loihi.program import EMBEDDING, HOST, Population, Program
+
+
+@dataclasses.dataclass
+class Msg:
+  """Integers q [B, n] standing for q·2^−frac; a BitLinear input's frac is −e_x per token."""
+
+  q: np.ndarray
+  frac: int | np.ndarray
+
+
+@dataclasses.dataclass
+class Result:
+  tokens: np.ndarray  # [B, T] the input tokens
+  logits: np.ndarray  # [B, T, V] float32
+  outputs: dict  # population -> int64 [B, T, n], when recorded
+  activity: dict  # population -> {"synops", "messages", "updates"}: int64 [T]
+
+
+def requant(q, f_from, f_to, bits, rounding):
+  """q·2^−f_from on the grid 2^−f_to, saturated to `bits` (a shift: exact between pow2 grids)."""
+  return fixed.saturate(fixed.shift_right(q, int(f_from) - int(f_to), rounding), bits)
+
+
+def _sub(p: dict, prefix: str) -> dict:
+  return {k[len(prefix) + 1 :]: v for k, v in p.items() if k.startswith(prefix + "_")}
+
+
+class Emulator:
+  """Runs `program` (see `program.load`); `step` advances every population by one token."""
+
+  def __init__(self, program: Program):
+    self.p = program
+    q = program.quant
+    self.rounding = q["rounding"]
+    self.lut = neurons.sigmoid_lut(q["lut_size"], q["lut_in_frac"], q["lut_out_frac"],
+                                   q["lut_x_max"])  # fmt: skip
+    self.embedding = np.asarray(program.arrays[EMBEDDING], np.float32)
+    self.weights = {s.name: np.asarray(program.weights(s.name), np.int64) for s in program.synapses}
+    self.row_nnz = {k: np.count_nonzero(w, axis=1) for k, w in self.weights.items()}
+    self.fan_in = {q.name: program.fan_in(q.name) for q in program.populations}
+    first = next(q for q in program.populations if q.kind == "rmsnorm")
+    self.embed_fmt = (first.params["in_frac"], first.params["in_bits"])
+    self.state: dict = {}
+
+  def reset(self, batch: int):
+    self.state = {q.name: np.zeros((batch, q.size), np.int64) for q in self.p.populations
+                  if q.state_bits}  # fmt: skip
+
+  def step(self, tokens_B) -> tuple[dict, dict]:
+    """(outputs {population: Msg}, activity {population: (synops, messages, updates)})."""
+    f, bits = self.embed_fmt
+    x = fixed.quantize(self.embedding[np.asarray(tokens_B)], -f, bits, self.rounding, np.int64)
+    out = {HOST: Msg(x, f)}
+    activity = {}
+    for pop in self.p.populations:
+      ports, synops = {}, 0
+      for s in self.fan_in[pop.name]:
+        if s.source not in out:
+          raise ValueError(f"{s.name}: source {s.source!r} runs after its target {pop.name!r}")
+        m = out[s.source]
+        acc = m.q @ self.weights[s.name]
+        synops += int(((m.q != 0) * self.row_nnz[s.name]).sum())
+        prev = ports.get(s.port)
+        ports[s.port] = Msg(acc if prev is None else prev.q + acc, m.frac)
+      y = KINDS[pop.kind](self, pop, ports)
+      out[pop.name] = y
+      activity[pop.name] = (synops, int(np.count_nonzero(y.q)), pop.size * len(y.q))
+    return out, activity
+
+  def run(self, tokens_BxT, record: bool = False) -> Result:
+    tokens_BxT = np.atleast_2d(np.asarray(tokens_BxT))
+    B, T = tokens_BxT.shape
+    self.reset(B)
+    outs: dict = {}
+    act = {q.name: np.zeros((3, T), np.int64) for q in self.p.populations}
+    logits = []
+    for t in range(T):
+      o, a = self.step(tokens_BxT[:, t])
+      for name, counts in a.items():
+        act[name][:, t] = counts
+      if record:
+        for name, m in o.items():
+          outs.setdefault(name, []).append(m.q)
+      logits.append(self.logits(o))
+    return Result(
+      tokens_BxT,
+      np.stack(logits, axis=1),
+      {k: np.stack(v, axis=1) for k, v in outs.items()},
+      {k: dict(zip(("synops", "messages", "updates"), v, strict=True)) for k, v in act.items()},
+    )
+
+  def logits(self, out: dict) -> np.ndarray:
+    """Float32 logits [B, V]: the readout's integers, or the host's lm_head on the final norm's."""
+    if "readout" in out:
+      m = out["readout"]
+    else:
+      head = next(s for s in self.p.synapses if s.target == HOST)
+      src = out[head.source]
+      rescale = _sub(self.p.population(head.source).params, "head")
+      m = self._rescale(Msg(src.q @ self.weights[head.name], src.frac), rescale)
+    return (m.q * 2.0**-m.frac).astype(np.float32)
+
+  # --- the neuron kinds --------------------------------------------------------------------------
+
+  def _norm(self, p: dict, gain, x: Msg) -> tuple[np.ndarray, int]:
+    """The integer RMSNorm of x in the norm's formats: (y, its frac)."""
+    n = _sub(p, "norm")
+    x_q = requant(x.q, x.frac, n["x_frac"], n["x_bits"], self.rounding)
+    y = neurons.rmsnorm_int(x_q, gain, **n)  # n: the fields of hw.RmsFormat
+    return y, n["out_frac"]
+
+  def _out(self, y, f, p: dict, name: str = "out") -> Msg:
+    return Msg(
+      requant(y, f, p[f"{name}_frac"], p[f"{name}_bits"], self.rounding), p[f"{name}_frac"]
+    )
+
+  def _rescale(self, acc: Msg, r: dict) -> Msg:
+    """A BitLinear's accumulator × β × 2^e_x in its bitlinear_out format."""
+    a = fixed.saturate(acc.q, r["acc_bits"])
+    e_x = -np.asarray(acc.frac)
+    y = neurons.bitlinear_rescale(a, r["m"], r["k"], e_x, r["out_frac"], r["out_bits"],
+                                  self.rounding)  # fmt: skip
+    return Msg(y, r["out_frac"])
+
+  def _act(self, m: Msg, wide_bits: int) -> np.ndarray:
+    """SiLU by the LUT (or ReLU) in Q.lut_in_frac."""
+    x = requant(m.q, m.frac, self.lut.in_frac_bits, wide_bits, self.rounding)
+    if self.p.quant["nonlinearity"] == "relu":
+      return np.maximum(x, 0)
+    return neurons.silu_int(x, self.lut, self.rounding)
+
+  def rmsnorm(self, pop: Population, ports: dict) -> Msg:
+    y, f = self._norm(pop.params, self.p.arrays[pop.arrays["gain"]], ports["x"])
+    return self._out(y, f, pop.params)
+
+  def bitlinear_in(self, pop: Population, ports: dict) -> Msg:
+    """The BitLinear's norm, then its int8 input: a per-token power of two, or a static one."""
+    p = pop.params
+    y, f = self._norm(p, self.p.arrays[pop.arrays["gain"]], ports["x"])
+    if p["policy"] == "static":
+      return Msg(requant(y, f, -p["e_x"], 8, self.rounding), -p["e_x"])
+    amax = np.abs(y).max(axis=-1, keepdims=True) * 2.0**-f
+    e = np.asarray(fixed.pow2_exponent(amax, 8), np.int64)
+    x8 = np.clip(fixed.shift_right_each(y, f + e, "half_even"), -128, 127)
+    return Msg(x8, -e)
+
+  def mlgru(self, pop: Population, ports: dict) -> Msg:
+    p, F, r = pop.params, pop.params["lut_out_frac"], self.rounding
+    f_pre = self._rescale(ports["f"], _sub(p, "f"))
+    sig = neurons.sigmoid_int(requant(f_pre.q, f_pre.frac, self.lut.in_frac_bits,
+                                      p["sigma_bits"], r), self.lut, r)  # fmt: skip
+    f_q = (
+      neurons.forget_gate_int(sig, self.p.arrays[pop.arrays["lb"]], F, r)
+      if "lb" in pop.arrays
+      else sig
+    )
+    W = p["wide_bits"]
+    act = self._act(self._rescale(ports["i"], _sub(p, "i")), W)
+    c = fixed.mul_shift(act, neurons.one_minus(f_q, F), F, W, W, F + 2, r)
+    c = requant(c, self.lut.in_frac_bits, p["c_frac"], p["c_bits"], r)
+    c = requant(c, p["c_frac"], p["h_frac"], p["h_bits"], r)
+    h = neurons.mlgru_step_int(self.state[pop.name], f_q, c, F, p["h_bits"], r)
+    self.state[pop.name] = h
+    return self._out(self._act(Msg(h, p["h_frac"]), W), self.lut.in_frac_bits, p)
+
+  def g_norm(self, pop: Population, ports: dict) -> Msg:
+    g = self._rescale(ports["g"], _sub(pop.params, "g"))
+    y, f = self._norm(pop.params, self.p.arrays[pop.arrays["gain"]], g)
+    return self._out(y, f, pop.params)
+
+  def _product(self, a: Msg, a_bits, b: Msg, b_bits, p: dict) -> Msg:
+    e = int(a.frac) + int(b.frac) - p["out_frac"]
+    y = fixed.mul_shift(a.q, b.q, e, 32, a_bits, b_bits, self.rounding)
+    return Msg(fixed.saturate(y, p["out_bits"]), p["out_frac"])
+
+  def product(self, pop: Population, ports: dict) -> Msg:
+    p = pop.params
+    return self._product(ports["a"], p["a_bits"], ports["b"], p["b_bits"], p)
+
+  def residual(self, pop: Population, ports: dict) -> Msg:
+    p, x = pop.params, ports["x"]
+    a = self._rescale(ports["a"], _sub(p, "a"))
+    a = self._out(a.q, a.frac, p, "a_out")
+    f = max(int(x.frac), int(a.frac))
+    s = (x.q << (f - int(x.frac))) + (a.q << (f - int(a.frac)))
+    return self._out(s, f, p)
+
+  def glu(self, pop: Population, ports: dict) -> Msg:
+    p = pop.params
+    r = _sub(p, "gate_up")
+    gate = self._rescale(ports["gate"], r)
+    gate = self._out(gate.q, gate.frac, p, "gate")
+    up = self._rescale(ports["up"], r)
+    up = self._out(up.q, up.frac, p, "up")
+    s = self._out(self._act(gate, p["wide_bits"]), self.lut.in_frac_bits, p, "silu")
+    return self._product(s, p["silu_bits"], up, p["up_bits"], p)
+
+  def readout(self, pop: Population, ports: dict) -> Msg:
+    return self._rescale(ports["x"], _sub(pop.params, "logits"))
+
+
+KINDS = {k: getattr(Emulator, k) for k in ("rmsnorm", "bitlinear_in", "mlgru", "g_norm",
+                                            "product", "residual", "glu", "readout")}  # fmt: skip

@@ -1,0 +1,247 @@
+"""Lowering: a calibrated `hw` model's parameters → a neuron program bundle (`program.py`).
+
+Plain data in (a params pytree, the model and quant configs, the frozen scales), integers out:
+ternary weights, β as a multiplier and shift, RMSNorm gains and formats, lower bounds, LUTs. The
+populations follow the `hw` model's dataflow, with these fusions:
+  bitlinear_in   a BitLinear's own RMSNorm + its int8 quantizer (per-token exponent or static)
+  mlgru          rescale of f and i, LUT σ, lower bound, SiLU(i)·(1−f), integrator, SiLU(h)
+  g_norm         rescale of g + RMSNorm
+  glu            rescale of gate and up, SiLU LUT, product
+  residual       rescale of the branch's accumulator + residual add + requantize
+Skip connections are identity synapses into a residual population's `x` port (a fan-in sum on
+the chip). A BitLinear's accumulator is rescaled by its target population, which receives the
+per-token input exponent beside the accumulated messages.
+"""
+
+import math
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from mmfree.loihi import fixed, neurons, program
+from mmfree.loihi.program import HOST, Population, Program, Synapses
+from mmfree.models.config import ModelConfig
+from mmfree.models.lm import lower_bounds
+from mmfree.quant import bitnet, hw
+from mmfree.quant.config import QuantConfig, Scale
+
+program.KINDS += ("bitlinear_in", "g_norm")
+FUSIONS = ("bitlinear_in", "mlgru", "g_norm", "glu", "residual")
+PROGRAM = "program"  # the bundle's directory in a run directory
+
+
+def _fmt(s: Scale) -> dict:
+  return {"frac": hw.frac_of(s), "bits": s.bits}
+
+
+class _Builder:
+  """Collects populations, synapse groups and arrays; reads scales by module path."""
+
+  def __init__(self, params: dict, cfg: ModelConfig, qcfg: QuantConfig, scales: dict):
+    self.params, self.cfg, self.qcfg, self.scales = params, cfg, qcfg, scales
+    self.populations, self.synapses, self.arrays = [], [], {}
+
+  def scale(self, path: str, point: str) -> Scale:
+    s = self.scales.get(f"{path}.{point}" if path else point)
+    if s is None:
+      raise ValueError(
+        f"no frozen scale for {path}.{point}: lowering needs every point calibrated with "
+        "power-of-two scales (run `mmfree quantize calibrate` without quant.disabled)"
+      )
+    return s
+
+  def fmt(self, path: str, point: str) -> dict:
+    return _fmt(self.scale(path, point))
+
+  def param(self, path: str):
+    node = self.params
+    for part in path.split("."):
+      node = node[int(part) if part.isdigit() else part]
+    return node
+
+  def array(self, key: str, a) -> str:
+    self.arrays[key] = np.asarray(a)
+    return key
+
+  def norm(self, path: str, D: int) -> tuple[dict, dict]:
+    """(params, arrays) of the integer RMSNorm at `path` (a module with rms_* points)."""
+    own = {n: self.scale(path, n) for n in ("rms_in", "rms_gain", "rms_inv", "rms_out")}
+    fmt = hw.rms_format(hw.Hw(self.qcfg, tuple(own.items())), D, self.cfg.rms_norm_eps)
+    if fmt is None:
+      raise ValueError(f"{path}: lowering needs integer RMSNorms (quant.rmsnorm='int')")
+    gain = np.asarray(self.param(f"{path}.weight"), np.float32)
+    gain_q = fixed.quantize(gain, -fmt.gain_frac, fmt.gain_bits, fmt.rounding, np.int32)
+    return {"norm": {k: v for k, v in vars(fmt).items()}}, {
+      "gain": self.array(f"{path}.gain", gain_q)
+    }
+
+  def population(self, name, kind, size, layer, params, arrays=None, state=None, out=None):
+    """Add a population; nested params ({"f": {"m": 3}}) flatten to "f_m" (program.json is flat)."""
+    flat = {}
+    for k, v in params.items():
+      flat |= {f"{k}_{k2}": v2 for k2, v2 in v.items()} if isinstance(v, dict) else {k: v}
+    out_bits = (out or {}).get("bits", program.HOST_OUT_BITS)
+    self.populations.append(
+      Population(name, kind, size, layer, flat, arrays or {}, state or {}, out_bits)
+    )
+    return name
+
+  def bitlinear(self, path: str, source: str, layer: int | None, target: str, *ports) -> dict:
+    """The fused norm + int8 quantizer population of BitLinear `path` (fed by `source`) and its
+    synapses into `target`, its columns split evenly over `ports`; returns the rescale the target
+    applies (β = m·2^−k, the output format)."""
+    w = np.asarray(self.param(f"{path}.kernel"), np.float32)
+    I, O = w.shape
+    w_q, beta = jax.device_get(bitnet.weight_ternary(w))  # the model's own β, bit for bit
+    m, k = neurons.multiplier(np.float32(beta), neurons.rescale_m_bits(I))
+    out = self.fmt(path, "bitlinear_out")
+    rescale = {"m": int(m), "k": int(k), "acc_bits": self.qcfg.acc_bits, "out_frac": out["frac"],
+               "out_bits": out["bits"]}  # fmt: skip
+    norm_params, norm_arrays = self.norm(f"{path}.norm", I)
+    policy = {"policy": self.qcfg.bitlinear_input}
+    if self.qcfg.bitlinear_input == "static":
+      policy["e_x"] = -hw.frac_of(self.scale(path, "bitlinear_in"))
+    if target == HOST:  # the host applies the rescale of an lm_head it runs itself
+      policy["head"] = rescale
+    name = self.population(f"{path}.in", "bitlinear_in", I, layer, {**norm_params, **policy},
+                           norm_arrays, out={"bits": 8})  # fmt: skip
+    self.identity(source, name, I)
+    n = O // len(ports)
+    for j, port in enumerate(ports):
+      group = path if len(ports) == 1 else f"{path}.{port}"
+      key = self.array(group + ".weight", np.asarray(w_q[:, j * n : (j + 1) * n], np.int8))
+      self.synapses.append(Synapses(group, name, target, port, I, n, 2, 0, key))
+    return rescale
+
+  def identity(self, source: str, target: str, n: int, port: str = "x"):
+    """A skip connection: one synapse of weight 1 per neuron (a fan-in sum on the chip)."""
+    key = self.array(f"{target}.{port}.skip", np.eye(n, dtype=np.int8))
+    self.synapses.append(Synapses(f"{target}.{port}.skip", source, target, port, n, n, 2, 0, key))
+
+
+def lower(params: dict, cfg: ModelConfig, qcfg: QuantConfig, scales: dict, *, lm_head="chip",
+          source: str = "") -> Program:  # fmt: skip
+  """The program of a calibrated model: `params` a pure dict (`nnx.to_pure_dict`)."""
+  if qcfg.scale != "pow2" or qcfg.rmsnorm != "int":
+    raise ValueError(
+      "lowering needs shifts everywhere: calibrate with quant.scale='pow2' and quant.rmsnorm='int'"
+    )
+  if lm_head not in program.IO["lm_head"]:
+    raise ValueError(f"lm_head={lm_head!r}: expected one of {program.IO['lm_head']}")
+  b = _Builder(params, cfg, qcfg, scales)
+  H, D, I = cfg.hidden_size, cfg.inner_size, cfg.mlp_size
+  lut = neurons.sigmoid_lut(qcfg.lut_size, qcfg.lut_in_frac, qcfg.lut_out_frac, qcfg.lut_x_max)
+  lut_params = {"lut": [int(v) for v in lut.values], "lut_step_bits": lut.step_bits,
+                "lut_in_frac": qcfg.lut_in_frac, "lut_out_frac": qcfg.lut_out_frac,
+                "nonlinearity": qcfg.nonlinearity, "rounding": qcfg.rounding}  # fmt: skip
+  lb_LxD = np.asarray(lower_bounds(np.asarray(params["lower_bounds"], np.float32)))
+  F = qcfg.lut_out_frac
+  b.array(
+    program.EMBEDDING, np.asarray(params["embeddings"]["embedding"], np.float32)
+  )  # the host's
+  x = HOST  # the residual stream's source: the host's embedding, then each block's output
+  for l in range(cfg.num_hidden_layers):
+    p, a, m = f"layers.{l}", f"layers.{l}.attn", f"layers.{l}.mlp"
+    norm_params, norm_arrays = b.norm(f"{p}.attn_norm", H)
+    attn_norm = b.population(f"{p}.attn_norm", "rmsnorm", H, l,
+                             {**norm_params, "in": b.fmt(p, "block_in"),
+                              "out": b.fmt(p, "attn_norm")}, norm_arrays,
+                             out=b.fmt(p, "attn_norm"))  # fmt: skip
+    b.identity(x, attn_norm, H)
+    mlgru, g_norm = f"{a}.mlgru", f"{a}.g_norm"
+    f = b.bitlinear(f"{a}.f_proj", attn_norm, l, mlgru, "f")
+    i = b.bitlinear(f"{a}.i_proj", attn_norm, l, mlgru, "i")
+    g = b.bitlinear(f"{a}.g_proj", attn_norm, l, g_norm, "g")
+    arrays = {}
+    if l > 0 and cfg.use_lower_bound:
+      lb_q = fixed.quantize(lb_LxD[l], -F, F + 2, qcfg.rounding, np.int32)
+      arrays["lb"] = b.array(f"{a}.lb", lb_q)
+    b.population(mlgru, "mlgru", D, l,
+                 {**lut_params, "f": f, "i": i, "c": b.fmt(a, "c"), "h": b.fmt(a, "h"),
+                  "out": b.fmt(a, "silu_h"), "wide_bits": hw.WIDE_BITS,
+                  "sigma_bits": hw.sigma_bits(qcfg)},
+                 arrays, {"h": qcfg.state_bits}, b.fmt(a, "silu_h"))  # fmt: skip
+    g_params, g_arrays = b.norm(g_norm, D)
+    b.population(g_norm, "g_norm", D, l, {**g_params, "g": g, "out": b.fmt(a, "g_norm")},
+                 g_arrays, out=b.fmt(a, "g_norm"))  # fmt: skip
+    gated = b.population(f"{a}.gated", "product", D, l,
+                         {"a": b.fmt(a, "g_norm"), "b": b.fmt(a, "silu_h"),
+                          "out": b.fmt(a, "gated"), "rounding": qcfg.rounding},
+                         out=b.fmt(a, "gated"))  # fmt: skip
+    b.identity(g_norm, gated, D, "a")
+    b.identity(mlgru, gated, D, "b")
+    res_attn = f"{p}.res_attn"
+    o = b.bitlinear(f"{a}.o_proj", gated, l, res_attn, "a")
+    b.population(res_attn, "residual", H, l,
+                 {"a": o, "x": b.fmt(p, "block_in"), "a_out": b.fmt(p, "attn_out"),
+                  "out": b.fmt(p, "residual"), "rounding": qcfg.rounding},
+                 out=b.fmt(p, "residual"))  # fmt: skip
+    b.identity(x, res_attn, H)
+    mlp_params, mlp_arrays = b.norm(f"{p}.mlp_norm", H)
+    mlp_norm = b.population(f"{p}.mlp_norm", "rmsnorm", H, l,
+                            {**mlp_params, "in": b.fmt(p, "residual"),
+                             "out": b.fmt(p, "mlp_norm")}, mlp_arrays,
+                            out=b.fmt(p, "mlp_norm"))  # fmt: skip
+    b.identity(res_attn, mlp_norm, H)
+    glu, res_mlp = f"{m}.glu", f"{p}.res_mlp"
+    gu = b.bitlinear(f"{m}.gate_proj", mlp_norm, l, glu, "gate", "up")  # [gate | up] columns
+    b.population(glu, "glu", I, l,
+                 {**lut_params, "gate_up": gu, "gate": b.fmt(m, "glu_gate"),
+                  "up": b.fmt(m, "glu_up"), "silu": b.fmt(m, "glu_silu"),
+                  "out": b.fmt(m, "glu_prod"), "wide_bits": hw.WIDE_BITS},
+                 out=b.fmt(m, "glu_prod"))  # fmt: skip
+    d = b.bitlinear(f"{m}.down_proj", glu, l, res_mlp, "a")
+    last = l == cfg.num_hidden_layers - 1
+    out = b.fmt("norm", "rms_in") if last else b.fmt(f"layers.{l + 1}", "block_in")
+    b.population(res_mlp, "residual", H, l,
+                 {"a": d, "x": b.fmt(p, "residual"), "a_out": b.fmt(p, "mlp_out"), "out": out,
+                  "rounding": qcfg.rounding}, out=out)  # fmt: skip
+    b.identity(res_attn, res_mlp, H)
+    x = res_mlp
+  fn_params, fn_arrays = b.norm("norm", H)
+  final = b.population("norm", "rmsnorm", H, None,
+                       {**fn_params, "in": b.fmt("norm", "rms_in"),
+                        "out": b.fmt("", "final_norm")}, fn_arrays,
+                       out=b.fmt("", "final_norm"))  # fmt: skip
+  b.identity(x, final, H)
+  if lm_head == "chip":
+    head = b.bitlinear("lm_head", final, None, "readout", "x")
+    b.population("readout", "readout", cfg.vocab_size, None,
+                 {"logits": head, "rounding": qcfg.rounding})  # fmt: skip
+  else:
+    b.bitlinear("lm_head", final, None, HOST, "logits")
+  return Program(
+    version=program.VERSION,
+    model=cfg.to_dict(),
+    quant=qcfg.to_dict(),
+    io={"embedding": HOST, "sampling": HOST, "lm_head": lm_head},
+    fusions=list(FUSIONS),
+    provenance=program.provenance(source, qcfg.to_dict()),
+    populations=tuple(b.populations),
+    synapses=tuple(b.synapses),
+    arrays=b.arrays,
+  )
+
+
+def zero_share(p: Program) -> float:
+  """Share of zero weights over the BitLinear synapse groups (identity skips excluded)."""
+  groups = [s for s in p.synapses if not s.name.endswith(".skip")]
+  total = sum(s.n_in * s.n_out for s in groups)
+  return 1 - sum(p.nnz(s.name) for s in groups) / total if total else math.nan
+
+
+def lower_run(run_dir: Path, out: Path | None = None, lm_head: str = "chip") -> Path:
+  """`mmfree lower`: the calibrated run's program, saved to `out` (default RUN_DIR/program)."""
+  from flax import nnx
+
+  from mmfree.api import read_params
+  from mmfree.quant import calibrate
+  from mmfree.train.checkpoint import build_model
+
+  run_dir = Path(run_dir)
+  cfg, params = read_params(run_dir)
+  qcfg, scales = calibrate.load(run_dir)
+  pure = nnx.to_pure_dict(nnx.state(build_model(cfg, params), nnx.Param))
+  prog = lower(pure, cfg, qcfg, scales, lm_head=lm_head, source=str(run_dir))
+  return program.save(prog, out or run_dir / PROGRAM)
