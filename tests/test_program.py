@@ -312,7 +312,8 @@ def test_save_refuses_to_replace_other_directories(tmp_path):
 
 def test_numpy_only():
   code = (
-    "import sys, mmfree.loihi.program, mmfree.loihi.hardware, mmfree.loihi.mapping; "
+    "import sys, mmfree.loihi.program, mmfree.loihi.hardware, mmfree.loihi.mapping, "
+    "mmfree.loihi.emulate; "
     "assert not any(m.startswith(('jax', 'flax')) for m in sys.modules)"
   )
   subprocess.run([sys.executable, "-c", code], check=True)

@@ -104,6 +104,19 @@ class Emulator:
       {k: dict(zip(("synops", "messages", "updates"), v, strict=True)) for k, v in act.items()},
     )
 
+  def generate(self, prompt_BxT, max_new_tokens: int) -> np.ndarray:
+    """Greedy continuation [B, N] of the prompt, one token per step (the chip's generation)."""
+    prompt_BxT = np.atleast_2d(np.asarray(prompt_BxT))
+    self.reset(len(prompt_BxT))
+    for t in range(prompt_BxT.shape[1]):
+      logits_BxV = self.logits(self.step(prompt_BxT[:, t])[0])
+    new = []
+    for i in range(max_new_tokens):
+      new.append(logits_BxV.argmax(-1))
+      if i + 1 < max_new_tokens:
+        logits_BxV = self.logits(self.step(new[-1])[0])
+    return np.stack(new, axis=1)
+
   def logits(self, out: dict) -> np.ndarray:
     """Float32 logits [B, V]: the readout's integers, or the host's lm_head on the final norm's."""
     if "readout" in out:

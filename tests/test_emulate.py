@@ -1,0 +1,141 @@
+"""Lowering and the emulator: a trained, calibrated model's program gives the `hw` model's
+integers at every population, its logits and its generated tokens, with exact activity counts."""
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import mmfree
+from mmfree.api import read_params
+from mmfree.cli import main
+from mmfree.data.sources import DataConfig, load_data
+from mmfree.loihi import emulate, lower, mapping, program
+from mmfree.quant import calibrate
+from mmfree.quant.points import Probe, recorder, set_hw, set_probe
+from mmfree.train.checkpoint import build_model
+
+SMOKE = str(Path(__file__).parent.parent / "experiments/tiny.py:smoke")
+T = 64
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  d = tmp_path_factory.mktemp("emu")
+  main(["train", "--config", SMOKE, "--workdir", str(d), "--config.train.steps=20",
+        "--config.model.num_hidden_layers=2"])  # fmt: skip
+  main(["quantize", "calibrate", str(d), "--batches", "4", "--seq-len", "32"])
+  return d
+
+
+@pytest.fixture(scope="module")
+def text():
+  return np.asarray(load_data(DataConfig(tokenizer="byte")).val_N[: 2 * T]).reshape(2, T)
+
+
+def _hw_values(run_dir, tokens_BxT):
+  cfg, params = read_params(run_dir)
+  model = build_model(cfg.replace(precision="hw"), params)
+  set_hw(model, *calibrate.load(run_dir))
+  set_probe(model, Probe("values"))
+  (logits, _), rec = nnx.jit(recorder(lambda m, t: m(t)))(model, jnp.asarray(tokens_BxT))
+  return np.asarray(logits), {k: np.asarray(v[0], np.float64) for k, v in rec.items()}
+
+
+def _points(L: int) -> dict:
+  """Population → the `hw` point holding its output (integers at that point's scale)."""
+  pairs = {"norm": "final_norm"}
+  for l in range(L):
+    p = f"layers.{l}"
+    pairs |= {f"{p}.attn_norm": f"{p}.attn_norm", f"{p}.attn.mlgru": f"{p}.attn.silu_h",
+              f"{p}.attn.g_norm": f"{p}.attn.g_norm", f"{p}.attn.gated": f"{p}.attn.gated",
+              f"{p}.res_attn": f"{p}.residual", f"{p}.mlp_norm": f"{p}.mlp_norm",
+              f"{p}.mlp.glu": f"{p}.mlp.glu_prod"}  # fmt: skip
+    if l + 1 < L:
+      pairs[f"{p}.res_mlp"] = f"layers.{l + 1}.block_in"
+  return pairs
+
+
+@pytest.mark.parametrize("policy", ["per_token", "static"])
+def test_emulator_equals_hw_at_every_population(run, text, tmp_path, policy):
+  run_dir = run
+  if policy == "static":  # a copy of the run, calibrated with static BitLinear input scales
+    run_dir = Path(shutil.copytree(run, tmp_path / "static"))
+    main(["quantize", "calibrate", str(run_dir), "--batches", "4", "--seq-len", "32",
+          "--quant.bitlinear_input=static"])  # fmt: skip
+  bundle = lower.lower_run(run_dir, tmp_path / "program")
+  prog = program.load(bundle)
+  result = emulate.Emulator(prog).run(text, record=True)
+  logits, rec = _hw_values(run_dir, text)
+  _, scales = calibrate.load(run_dir)
+  L = prog.model["num_hidden_layers"]
+  pairs = _points(L)
+  assert len(pairs) == 7 * L + L - 1 + 1
+  for pop, key in pairs.items():
+    got = result.outputs[pop]
+    assert np.any(got != 0), pop
+    np.testing.assert_array_equal(got, rec[key] / scales[key].scale, err_msg=pop)
+  np.testing.assert_array_equal(result.logits, logits)
+  # mutation: one weight flipped in the first MLGRU's input gate changes what the emulator says
+  w = prog.arrays["layers.0.attn.i_proj.weight"]
+  w_mut = np.array(w)
+  w_mut[0, 0] = 1 - abs(int(w_mut[0, 0]))
+  mutated = emulate.Emulator(_replace_array(prog, "layers.0.attn.i_proj.weight", w_mut))
+  assert not np.array_equal(mutated.run(text, record=True).outputs["layers.0.attn.mlgru"],
+                            result.outputs["layers.0.attn.mlgru"])  # fmt: skip
+
+
+def _replace_array(prog, key, a):
+  return dataclasses.replace(prog, arrays={**prog.arrays, key: a})
+
+
+def test_generation_and_activity(run, text, tmp_path):
+  prog = program.load(lower.lower_run(run, tmp_path / "program", lm_head="host"))
+  emu = emulate.Emulator(prog)
+  lm = mmfree.load(run, precision="hw")
+  new = emu.generate(text[:, :16], 12)
+  np.testing.assert_array_equal(new, lm.generate(text[:, :16], 12, temperature=0,
+                                                 stop_at_eos=False))  # fmt: skip
+  result = emu.run(text[:, : T // 2], record=True)
+  # synaptic operations counted independently: non-zero inputs times the non-zero weights of
+  # their rows, over the MLGRU's two fan-in groups
+  syn = 0
+  for proj in ("f_proj", "i_proj"):
+    x = result.outputs[f"layers.1.attn.{proj}.in"]
+    nnz_row = np.count_nonzero(prog.weights(f"layers.1.attn.{proj}"), axis=1)
+    syn += ((x != 0) * nnz_row).sum(axis=(0, 2))
+  act = result.activity["layers.1.attn.mlgru"]
+  np.testing.assert_array_equal(act["synops"], syn)
+  out = result.outputs["layers.1.attn.mlgru"]
+  np.testing.assert_array_equal(act["messages"], np.count_nonzero(out, axis=(0, 2)))
+  assert (act["updates"] == 2 * prog.population("layers.1.attn.mlgru").size).all()
+  # the lowered weights are the model's ternary weights; the mapping places every population
+  w_q, _ = lm_weight(run, "layers.0.mlp.down_proj")
+  np.testing.assert_array_equal(prog.weights("layers.0.mlp.down_proj"), w_q)
+  placed = mapping.place(prog)
+  assert {c.population for c in placed.cores} == {q.name for q in prog.populations}
+
+
+def lm_weight(run_dir, path):
+  cfg, params = read_params(run_dir)
+  model = build_model(cfg, params)
+  module = dict((".".join(map(str, k)), m) for k, m in nnx.iter_modules(model))[path]
+  return (np.asarray(a) for a in module.quantized_weight())
+
+
+def test_lower_cli_and_refusals(run, tmp_path, capsys):
+  main(["lower", str(run), "--out", str(tmp_path / "b")])
+  out = capsys.readouterr().out
+  assert "populations" in out and "| **total** |" in out and "zero" in out
+  uncalibrated = shutil.copytree(run, tmp_path / "nq", ignore=shutil.ignore_patterns("quant"))
+  with pytest.raises(SystemExit, match="mmfree quantize calibrate"):
+    main(["lower", str(uncalibrated)])
+  free = shutil.copytree(run, tmp_path / "free")
+  main(["quantize", "calibrate", str(free), "--batches", "1", "--seq-len", "16",
+        "--quant.scale=free", "--quant.rmsnorm=float"])  # fmt: skip
+  with pytest.raises(SystemExit, match="quant.scale='pow2'"):
+    main(["lower", str(free)])
