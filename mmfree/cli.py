@@ -158,6 +158,38 @@ def cmd_lower(args, extra):
   print(mapping.report(mapping.place(prog)))
 
 
+def cmd_emulate(args, extra):
+  from mmfree.data.tokenizers import load_tokenizer
+  from mmfree.files import write_json
+  from mmfree.loihi import emulate, program
+
+  _only(extra)
+  bundle = Path(args.bundle)
+  prog = program.load(bundle)
+  tok = load_tokenizer(bundle)
+  if tok is None:
+    raise ValueError(f"{bundle} has no tokenizer files: lower it again from its run directory")
+  prompt = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(args.prompt)
+  emu = emulate.Emulator(prog)
+  t0 = time.perf_counter()
+  new = [int(t) for t in emu.generate([prompt], args.max_new_tokens)[0]]
+  dt = time.perf_counter() - t0
+  print(args.prompt + tok.decode(new))
+  print(f"({len(prompt) + len(new)} tokens through the program in {dt:.1f} s, "
+        f"{(len(prompt) + len(new)) / dt:.1f} tokens/s in the emulator)")  # fmt: skip
+  seq = prompt + new[:-1]  # every token the program consumed
+  act = emu.run([seq]).activity
+  totals = {k: {n: int(v.sum()) for n, v in a.items()} for k, a in act.items()}
+  per_token = {
+    n: sum(t[n] for t in totals.values()) / len(seq) for n in next(iter(totals.values()))
+  }
+  print("per token: " + ", ".join(f"{v:,.0f} {k}" for k, v in per_token.items()))
+  out = Path(args.out) if args.out else bundle / "emulate.json"
+  write_json(out, {"prompt": prompt, "new": new, "tokens": len(seq), "per_token": per_token,
+                   "by_population": totals})  # fmt: skip
+  print(f"wrote {out}")
+
+
 def parser() -> argparse.ArgumentParser:
   from mmfree import results, sweep
 
@@ -222,6 +254,13 @@ def parser() -> argparse.ArgumentParser:
   lw.add_argument("--out", default=None, help="bundle directory (default RUN_DIR/program)")
   lw.add_argument("--lm-head", choices=("chip", "host"), default="chip")
   lw.set_defaults(fn=cmd_lower)
+
+  em = sub.add_parser("emulate", help="run a program bundle token by token (exact integers)")
+  em.add_argument("bundle", help="a program bundle directory (mmfree lower)")
+  em.add_argument("--prompt", default="The")
+  em.add_argument("--max-new-tokens", type=int, default=32)
+  em.add_argument("--out", default=None, help="activity JSON (default BUNDLE/emulate.json)")
+  em.set_defaults(fn=cmd_emulate)
 
   sweep.add_parser(sub)
   results.add_parser(sub)

@@ -2,6 +2,7 @@
 integers at every population, its logits and its generated tokens, with exact activity counts."""
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -131,6 +132,10 @@ def test_lower_cli_and_refusals(run, tmp_path, capsys):
   main(["lower", str(run), "--out", str(tmp_path / "b")])
   out = capsys.readouterr().out
   assert "populations" in out and "| **total** |" in out and "zero" in out
+  main(["emulate", str(tmp_path / "b"), "--prompt", "The", "--max-new-tokens", "5"])
+  saved = json.loads((tmp_path / "b" / "emulate.json").read_text())
+  assert len(saved["new"]) == 5 and saved["tokens"] == len(saved["prompt"]) + 4
+  assert saved["per_token"]["updates"] == program.summary(program.load(tmp_path / "b"))["neurons"]
   uncalibrated = shutil.copytree(run, tmp_path / "nq", ignore=shutil.ignore_patterns("quant"))
   with pytest.raises(SystemExit, match="mmfree quantize calibrate"):
     main(["lower", str(uncalibrated)])

@@ -34,7 +34,7 @@ def _program() -> pg.Program:
   P = pg.Population
   pops = (
     P("norm", "rmsnorm", 4, 0, {}, {}, {"s": 16}, 8),
-    P("big", "accumulate", 10000, 0, {}, {}, {"v": 8}, 8),
+    P("big", "bitlinear_in", 10000, 0, {}, {}, {"v": 8}, 8),
     P("up", "glu", 100, 1, {}, {}, {"v": 8}, 8),
     P("sparse", "product", 50, 1, {}, {"gain": "gain"}, {}, 8),
     P("out", "readout", 20, None, {}, {}, {}, 32),

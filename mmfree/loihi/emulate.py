@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-from mmfree.loihi import fixed, neurons
+from mmfree.loihi import fixed, neurons, program
 from mmfree.loihi.program import EMBEDDING, HOST, Population, Program
 
 
@@ -227,5 +227,4 @@ class Emulator:
     return self._rescale(ports["x"], _sub(pop.params, "logits"))
 
 
-KINDS = {k: getattr(Emulator, k) for k in ("rmsnorm", "bitlinear_in", "mlgru", "g_norm",
-                                            "product", "residual", "glu", "readout")}  # fmt: skip
+KINDS = {k: getattr(Emulator, k) for k in program.KINDS}

@@ -26,7 +26,6 @@ from mmfree.models.lm import lower_bounds
 from mmfree.quant import bitnet, hw
 from mmfree.quant.config import QuantConfig, Scale
 
-program.KINDS += ("bitlinear_in", "g_norm")
 FUSIONS = ("bitlinear_in", "mlgru", "g_norm", "glu", "residual")
 PROGRAM = "program"  # the bundle's directory in a run directory
 
@@ -236,6 +235,7 @@ def lower_run(run_dir: Path, out: Path | None = None, lm_head: str = "chip") -> 
   from flax import nnx
 
   from mmfree.api import read_params
+  from mmfree.data.tokenizers import load_tokenizer
   from mmfree.quant import calibrate
   from mmfree.train.checkpoint import build_model
 
@@ -244,4 +244,7 @@ def lower_run(run_dir: Path, out: Path | None = None, lm_head: str = "chip") -> 
   qcfg, scales = calibrate.load(run_dir)
   pure = nnx.to_pure_dict(nnx.state(build_model(cfg, params), nnx.Param))
   prog = lower(pure, cfg, qcfg, scales, lm_head=lm_head, source=str(run_dir))
-  return program.save(prog, out or run_dir / PROGRAM)
+  out = program.save(prog, out or run_dir / PROGRAM)
+  if (tok := load_tokenizer(run_dir)) is not None:  # the host's: prompts in, text out
+    tok.save(out)
+  return out

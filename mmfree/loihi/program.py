@@ -27,8 +27,8 @@ MANIFEST = "program.json"
 ARRAYS = "arrays"
 HOST = "host"  # an endpoint off chip: the embedding's input, sampling's output
 EMBEDDING = "host.embedding"  # float32 [V, H]: the host quantizes a token's row to block_in
-# Neuron kinds (fused neuron programs); the lowering extends this tuple with its own kinds.
-KINDS = ("rmsnorm", "act_quant", "accumulate", "mlgru", "glu", "product", "residual", "readout")
+# Neuron kinds (fused neuron programs: see `lower` for what each fuses, `emulate` for their maths).
+KINDS = ("rmsnorm", "bitlinear_in", "mlgru", "g_norm", "product", "residual", "glu", "readout")
 STORAGES = ("dense", "csr")
 CSR_PARTS = {"indptr": np.int64, "indices": np.int32, "data": np.int8}  # file suffix: dtype
 CONFIG = ("version", "model", "quant", "io", "fusions", "provenance")  # as is in program.json
@@ -219,7 +219,7 @@ def _validate(p: Program):
   spike_bits = hardware.DEFAULT.formats.spike_bits.value
   for q in p.populations:
     who = f"population {q.name!r}"
-    _need(q.kind in KINDS, f"{who}: unknown kind {q.kind!r}; known: {KINDS} (extend KINDS)")
+    _need(q.kind in KINDS, f"{who}: unknown kind {q.kind!r}; known: {KINDS} (a newer mmfree?)")
     to_chip = any(s.target != HOST for s in p.synapses if s.source == q.name)
     msg = f"{who}: out_bits {q.out_bits} > {spike_bits} (graded spike) is for {HOST!r} outputs"
     _need(q.out_bits <= spike_bits or not to_chip, msg)
