@@ -235,7 +235,7 @@ def test_sigterm_stops_the_runs_too(tmp_path, stand_in):
     int(pid) for d in dirs if d.exists() for pid in (d / "invocations.txt").read_text().split()
   ]
   proc.send_signal(signal.SIGTERM)
-  assert proc.wait(timeout=15) != 0
+  assert proc.wait(timeout=60) != 0  # _stop alone may take 10 s; CI machines are loaded
   for pid in pids:
     with pytest.raises(ProcessLookupError):
       os.kill(pid, 0)
