@@ -13,6 +13,7 @@ the chip). A BitLinear's accumulator is rescaled by its target population, which
 per-token input exponent beside the accumulated messages.
 """
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -71,9 +72,16 @@ class _Builder:
       raise ValueError(f"{path}: lowering needs integer RMSNorms (quant.rmsnorm='int')")
     gain = np.asarray(self.param(f"{path}.weight"), np.float32)
     gain_q = fixed.quantize(gain, -fmt.gain_frac, fmt.gain_bits, fmt.rounding, np.int32)
-    return {"norm": {k: v for k, v in vars(fmt).items()}}, {
-      "gain": self.array(f"{path}.gain", gain_q)
-    }
+    return {"norm": dataclasses.asdict(fmt)}, {"gain": self.array(f"{path}.gain", gain_q)}
+
+  def rmsnorm(self, path: str, size: int, layer: int | None, source: str, fmt_in: dict,
+              fmt_out: dict) -> str:  # fmt: skip
+    """A standalone RMSNorm population: its input's format in, the point after it out."""
+    params, arrays = self.norm(path, size)
+    params |= {"in": fmt_in, "out": fmt_out}
+    name = self.population(path, "rmsnorm", size, layer, params, arrays, out=fmt_out)
+    self.identity(source, name, size)
+    return name
 
   def population(self, name, kind, size, layer, params, arrays=None, state=None, out=None):
     """Add a population; nested params ({"f": {"m": 3}}) flatten to "f_m" (program.json is flat)."""
@@ -142,12 +150,7 @@ def lower(params: dict, cfg: ModelConfig, qcfg: QuantConfig, scales: dict, *, lm
   x = HOST  # the residual stream's source: the host's embedding, then each block's output
   for l in range(cfg.num_hidden_layers):
     p, a, m = f"layers.{l}", f"layers.{l}.attn", f"layers.{l}.mlp"
-    norm_params, norm_arrays = b.norm(f"{p}.attn_norm", H)
-    attn_norm = b.population(f"{p}.attn_norm", "rmsnorm", H, l,
-                             {**norm_params, "in": b.fmt(p, "block_in"),
-                              "out": b.fmt(p, "attn_norm")}, norm_arrays,
-                             out=b.fmt(p, "attn_norm"))  # fmt: skip
-    b.identity(x, attn_norm, H)
+    attn_norm = b.rmsnorm(f"{p}.attn_norm", H, l, x, b.fmt(p, "block_in"), b.fmt(p, "attn_norm"))
     mlgru, g_norm = f"{a}.mlgru", f"{a}.g_norm"
     f = b.bitlinear(f"{a}.f_proj", attn_norm, l, mlgru, "f")
     i = b.bitlinear(f"{a}.i_proj", attn_norm, l, mlgru, "i")
@@ -177,12 +180,8 @@ def lower(params: dict, cfg: ModelConfig, qcfg: QuantConfig, scales: dict, *, lm
                   "out": b.fmt(p, "residual"), "rounding": qcfg.rounding},
                  out=b.fmt(p, "residual"))  # fmt: skip
     b.identity(x, res_attn, H)
-    mlp_params, mlp_arrays = b.norm(f"{p}.mlp_norm", H)
-    mlp_norm = b.population(f"{p}.mlp_norm", "rmsnorm", H, l,
-                            {**mlp_params, "in": b.fmt(p, "residual"),
-                             "out": b.fmt(p, "mlp_norm")}, mlp_arrays,
-                            out=b.fmt(p, "mlp_norm"))  # fmt: skip
-    b.identity(res_attn, mlp_norm, H)
+    mlp_norm = b.rmsnorm(f"{p}.mlp_norm", H, l, res_attn, b.fmt(p, "residual"),
+                         b.fmt(p, "mlp_norm"))  # fmt: skip
     glu, res_mlp = f"{m}.glu", f"{p}.res_mlp"
     gu = b.bitlinear(f"{m}.gate_proj", mlp_norm, l, glu, "gate", "up")  # [gate | up] columns
     b.population(glu, "glu", I, l,
@@ -198,12 +197,7 @@ def lower(params: dict, cfg: ModelConfig, qcfg: QuantConfig, scales: dict, *, lm
                   "rounding": qcfg.rounding}, out=out)  # fmt: skip
     b.identity(res_attn, res_mlp, H)
     x = res_mlp
-  fn_params, fn_arrays = b.norm("norm", H)
-  final = b.population("norm", "rmsnorm", H, None,
-                       {**fn_params, "in": b.fmt("norm", "rms_in"),
-                        "out": b.fmt("", "final_norm")}, fn_arrays,
-                       out=b.fmt("", "final_norm"))  # fmt: skip
-  b.identity(x, final, H)
+  final = b.rmsnorm("norm", H, None, x, b.fmt("norm", "rms_in"), b.fmt("", "final_norm"))
   if lm_head == "chip":
     head = b.bitlinear("lm_head", final, None, "readout", "x")
     b.population("readout", "readout", cfg.vocab_size, None,
