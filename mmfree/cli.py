@@ -170,22 +170,19 @@ def cmd_emulate(args, extra):
   if tok is None:
     raise ValueError(f"{bundle} has no tokenizer files: lower it again from its run directory")
   prompt = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(args.prompt)
-  emu = emulate.Emulator(prog)
   t0 = time.perf_counter()
-  new = [int(t) for t in emu.generate([prompt], args.max_new_tokens)[0]]
+  result = emulate.Emulator(prog).run([prompt], args.max_new_tokens)
   dt = time.perf_counter() - t0
+  new = [int(t) for t in result.new[0]]
+  steps = result.logits.shape[1]  # every token the program consumed
   print(args.prompt + tok.decode(new))
-  print(f"({len(prompt) + len(new)} tokens through the program in {dt:.1f} s, "
-        f"{(len(prompt) + len(new)) / dt:.1f} tokens/s in the emulator)")  # fmt: skip
-  seq = prompt + new[:-1]  # every token the program consumed
-  act = emu.run([seq]).activity
-  totals = {k: {n: int(v.sum()) for n, v in a.items()} for k, a in act.items()}
-  per_token = {
-    n: sum(t[n] for t in totals.values()) / len(seq) for n in next(iter(totals.values()))
-  }
+  print(f"({steps} tokens through the program in {dt:.1f} s, {steps / dt:.1f} tokens/s "
+        "in the emulator)")  # fmt: skip
+  totals = {k: {n: int(v.sum()) for n, v in a.items()} for k, a in result.activity.items()}
+  per_token = {n: sum(t[n] for t in totals.values()) / steps for n in emulate.ACTIVITY}
   print("per token: " + ", ".join(f"{v:,.0f} {k}" for k, v in per_token.items()))
   out = Path(args.out) if args.out else bundle / "emulate.json"
-  write_json(out, {"prompt": prompt, "new": new, "tokens": len(seq), "per_token": per_token,
+  write_json(out, {"prompt": prompt, "new": new, "tokens": steps, "per_token": per_token,
                    "by_population": totals})  # fmt: skip
   print(f"wrote {out}")
 

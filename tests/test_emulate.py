@@ -15,7 +15,7 @@ import mmfree
 from mmfree.api import read_params
 from mmfree.cli import main
 from mmfree.data.sources import DataConfig, load_data
-from mmfree.loihi import emulate, lower, mapping, program
+from mmfree.loihi import emulate, hardware, lower, mapping, program, ranges
 from mmfree.quant import calibrate
 from mmfree.quant.points import Probe, recorder, set_hw, set_probe
 from mmfree.train.checkpoint import build_model
@@ -98,7 +98,7 @@ def test_generation_and_activity(run, text, tmp_path):
   prog = program.load(lower.lower_run(run, tmp_path / "program", lm_head="host"))
   emu = emulate.Emulator(prog)
   lm = mmfree.load(run, precision="hw")
-  new = emu.generate(text[:, :16], 12)
+  new = emu.run(text[:, :16], 12).new
   np.testing.assert_array_equal(new, lm.generate(text[:, :16], 12, temperature=0,
                                                  stop_at_eos=False))  # fmt: skip
   result = emu.run(text[:, : T // 2], record=True)
@@ -144,3 +144,20 @@ def test_lower_cli_and_refusals(run, tmp_path, capsys):
         "--quant.scale=free", "--quant.rmsnorm=float"])  # fmt: skip
   with pytest.raises(SystemExit, match="quant.scale='pow2'"):
     main(["lower", str(free)])
+
+
+def test_static_range_check(run, tmp_path):
+  prog = program.load(lower.lower_run(run, tmp_path / "program"))
+  rows = {(r["population"], r["value"]): r for r in prog.ranges}
+  # independently: 8-bit inputs (−128 at worst) times ±1 over the most non-zeros into one neuron
+  nnz = int(np.count_nonzero(prog.weights("layers.0.attn.f_proj"), axis=0).max())
+  f_sum = rows[("layers.0.attn.mlgru", "f (fan-in sum)")]
+  assert (f_sum["bits"], f_sum["width"]) == ((128 * nnz).bit_length() + 1, 24)
+  acc_m = rows[("layers.0.attn.mlgru", "f.acc*m")]
+  m = prog.population("layers.0.attn.mlgru").params["f_m"]
+  assert acc_m["bits"] == (128 * nnz * m).bit_length() + 1 <= 32
+  assert not ranges.failures(prog.ranges)
+  assert rows[("layers.1.attn.mlgru", "state h")]["saturates"]  # the design saturates there
+  narrow = hardware.replace(hardware.DEFAULT, {"formats.spike_bits": 12})
+  with pytest.raises(ValueError, match=r"mlgru: f \(fan-in sum\) needs \d+ bits, holds 12"):
+    ranges.require(ranges.check(prog, narrow))

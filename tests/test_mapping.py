@@ -49,7 +49,7 @@ def _program() -> pg.Program:
     S("logits", "out", "host", "logits", 20, 20, 2, 0, "logits"),
   )
   io = {"embedding": "host", "sampling": "host", "lm_head": "chip"}
-  return pg.Program(pg.VERSION, {}, {}, io, [], {}, pops, syns, arrays)
+  return pg.Program(pg.VERSION, {}, {}, io, [], {}, [], pops, syns, arrays)
 
 
 def _cores(m, population):
@@ -97,6 +97,21 @@ def test_hand_computed_placement():
   assert (t["synapses"], t["weights"]) == (nnz, weights)
   assert t["zero_share"] == pytest.approx(1 - nnz / weights)
   assert t["synapse_bytes"] == sum(s for s, _ in bytes_)
+
+
+def test_skip_synapses_are_stored_but_not_ternary_weights():
+  p = _program()
+  skip = pg.Synapses("out.x" + pg.SKIP, "sparse", "up", "x", 50, 100, 2, 0, "skip")
+  w = np.zeros((50, 100), np.int8)
+  w[np.arange(50), np.arange(50)] = 1  # identity onto the first 50 neurons
+  p = pg.Program(pg.VERSION, {}, {}, p.io, [], {}, [], p.populations, (*p.synapses, skip),
+                 {**p.arrays, "skip": w})  # fmt: skip
+  base, m = mapping.place(_program()).totals(), mapping.place(p)
+  t = m.totals()
+  assert (t["synapses"], t["weights"], t["skips"]) == (base["synapses"], base["weights"], 50)
+  assert t["zero_share"] == base["zero_share"]
+  assert t["synapse_bytes"] > base["synapse_bytes"]  # stored all the same
+  assert "| **total** | " in mapping.report(m) and " 50 |" in mapping.report(m)
 
 
 def test_by_layer_sums_to_totals():

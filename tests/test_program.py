@@ -55,6 +55,7 @@ def _program(**changes) -> pg.Program:
     io={"embedding": "host", "sampling": "host", "lm_head": "chip"},
     fusions=["mlgru_gate_silu"],
     provenance=pg.provenance("runs/test", {"act_bits": 8}),
+    ranges=[],
     populations=pops,
     synapses=syns,
     arrays=arrays,
@@ -206,7 +207,8 @@ def test_provenance():
       r"Population names must be unique, repeated: \['norm'\]",
     ),
     (lambda p: dataclasses.replace(p, io=p.io | {"lm_head": "gpu"}), r"program: io must map"),
-    (lambda p: dataclasses.replace(p, version=2), r"program: version 2"),
+    (lambda p: dataclasses.replace(p, version=pg.VERSION + 1), r"program: version 3"),
+    (lambda p: dataclasses.replace(p, ranges=[1]), r"program: ranges must be a list of objects"),
     (lambda p: dataclasses.replace(p, model={"x": object()}), r"program model is not plain JSON"),
   ],
 )
@@ -228,13 +230,13 @@ def test_entry_validation():
   "edit, match",
   [
     (
-      lambda m: m.update(version=2),
-      r"written by a newer mmfree \(format version 2; this one reads 1\): upgrade mmfree, or "
+      lambda m: m.update(version=3),
+      r"written by a newer mmfree \(format version 3; this one reads 2\): upgrade mmfree, or "
       r"re-run `mmfree lower`",
     ),
     (
-      lambda m: m.update(version=0),
-      r"written by an older mmfree \(format version 0; this one reads 1\): re-run `mmfree lower`",
+      lambda m: m.update(version=1),
+      r"written by an older mmfree \(format version 1; this one reads 2\): re-run `mmfree lower`",
     ),
     (lambda m: m.update(format="other"), r"format is not 'mmfree-loihi-program'"),
     (lambda m: m.pop("io"), r"keys must be"),

@@ -11,8 +11,10 @@ import dataclasses
 
 import numpy as np
 
-from mmfree.loihi import fixed, neurons, program
+from mmfree.loihi import fixed, neurons, program, ranges
 from mmfree.loihi.program import EMBEDDING, HOST, Population, Program
+
+ACTIVITY = ("synops", "messages", "updates")  # counted per population and step
 
 
 @dataclasses.dataclass
@@ -26,14 +28,23 @@ class Msg:
 @dataclasses.dataclass
 class Result:
   tokens: np.ndarray  # [B, T] the input tokens
-  logits: np.ndarray  # [B, T, V] float32
+  new: np.ndarray  # [B, N] the greedy continuation
+  logits: np.ndarray  # [B, T + N − 1, V] float32, one row per step
   outputs: dict  # population -> int64 [B, T, n], when recorded
-  activity: dict  # population -> {"synops", "messages", "updates"}: int64 [T]
+  activity: dict  # population -> {ACTIVITY name: int64 [steps]}
 
 
 def requant(q, f_from, f_to, bits, rounding):
   """q·2^−f_from on the grid 2^−f_to, saturated to `bits` (a shift: exact between pow2 grids)."""
   return fixed.saturate(fixed.shift_right(q, int(f_from) - int(f_to), rounding), bits)
+
+
+def _matmul_weights(program: Program, s) -> np.ndarray:
+  """Synapse group `s` as float32, whose matmuls are exact while every sum stays within 2^24
+  (the static bound of `ranges`); float64 (exact to 2^53) beyond. BLAS, unlike int64 matmuls."""
+  lo, hi = ranges.fan_in_interval(program, [s])
+  exact32 = max(-lo, hi) <= 1 << 24
+  return np.asarray(program.weights(s.name), np.float32 if exact32 else np.float64)
 
 
 def _sub(p: dict, prefix: str) -> dict:
@@ -50,7 +61,7 @@ class Emulator:
     self.lut = neurons.sigmoid_lut(q["lut_size"], q["lut_in_frac"], q["lut_out_frac"],
                                    q["lut_x_max"])  # fmt: skip
     self.embedding = np.asarray(program.arrays[EMBEDDING], np.float32)
-    self.weights = {s.name: np.asarray(program.weights(s.name), np.int64) for s in program.synapses}
+    self.weights = {s.name: _matmul_weights(program, s) for s in program.synapses}
     self.row_nnz = {k: np.count_nonzero(w, axis=1) for k, w in self.weights.items()}
     self.fan_in = {q.name: program.fan_in(q.name) for q in program.populations}
     first = next(q for q in program.populations if q.kind == "rmsnorm")
@@ -73,49 +84,45 @@ class Emulator:
         if s.source not in out:
           raise ValueError(f"{s.name}: source {s.source!r} runs after its target {pop.name!r}")
         m = out[s.source]
-        acc = m.q @ self.weights[s.name]
+        acc = self._matmul(m, s.name)
         synops += int(((m.q != 0) * self.row_nnz[s.name]).sum())
         prev = ports.get(s.port)
         ports[s.port] = Msg(acc if prev is None else prev.q + acc, m.frac)
       y = KINDS[pop.kind](self, pop, ports)
       out[pop.name] = y
-      activity[pop.name] = (synops, int(np.count_nonzero(y.q)), pop.size * len(y.q))
+      messages = int(np.count_nonzero(y.q))
+      if pop.kind == "bitlinear_in" and pop.params["policy"] == "per_token":
+        messages += len(y.q)  # the token's input exponent, one side message per token
+      activity[pop.name] = (synops, messages, pop.size * len(y.q))
     return out, activity
 
-  def run(self, tokens_BxT, record: bool = False) -> Result:
+  def run(self, tokens_BxT, max_new_tokens: int = 0, record: bool = False) -> Result:
+    """The tokens one per step, then `max_new_tokens` greedy ones, each fed back in (the chip's
+    generation); logits, outputs and activity cover every step taken."""
     tokens_BxT = np.atleast_2d(np.asarray(tokens_BxT))
     B, T = tokens_BxT.shape
+    steps = T + max(max_new_tokens - 1, 0)  # the last new token is sampled, never fed
     self.reset(B)
     outs: dict = {}
-    act = {q.name: np.zeros((3, T), np.int64) for q in self.p.populations}
-    logits = []
-    for t in range(T):
-      o, a = self.step(tokens_BxT[:, t])
+    act = {q.name: np.zeros((3, steps), np.int64) for q in self.p.populations}
+    logits, new = [], []
+    for t in range(steps):
+      o, a = self.step(tokens_BxT[:, t] if t < T else new[-1])
       for name, counts in a.items():
         act[name][:, t] = counts
       if record:
         for name, m in o.items():
           outs.setdefault(name, []).append(m.q)
       logits.append(self.logits(o))
+      if t + 1 >= T and len(new) < max_new_tokens:
+        new.append(logits[-1].argmax(-1))
     return Result(
       tokens_BxT,
+      np.stack(new, axis=1) if new else np.zeros((B, 0), np.int64),
       np.stack(logits, axis=1),
       {k: np.stack(v, axis=1) for k, v in outs.items()},
-      {k: dict(zip(("synops", "messages", "updates"), v, strict=True)) for k, v in act.items()},
+      {k: dict(zip(ACTIVITY, v, strict=True)) for k, v in act.items()},
     )
-
-  def generate(self, prompt_BxT, max_new_tokens: int) -> np.ndarray:
-    """Greedy continuation [B, N] of the prompt, one token per step (the chip's generation)."""
-    prompt_BxT = np.atleast_2d(np.asarray(prompt_BxT))
-    self.reset(len(prompt_BxT))
-    for t in range(prompt_BxT.shape[1]):
-      logits_BxV = self.logits(self.step(prompt_BxT[:, t])[0])
-    new = []
-    for i in range(max_new_tokens):
-      new.append(logits_BxV.argmax(-1))
-      if i + 1 < max_new_tokens:
-        logits_BxV = self.logits(self.step(new[-1])[0])
-    return np.stack(new, axis=1)
 
   def logits(self, out: dict) -> np.ndarray:
     """Float32 logits [B, V]: the readout's integers, or the host's lm_head on the final norm's."""
@@ -125,8 +132,12 @@ class Emulator:
       head = next(s for s in self.p.synapses if s.target == HOST)
       src = out[head.source]
       rescale = _sub(self.p.population(head.source).params, "head")
-      m = self._rescale(Msg(src.q @ self.weights[head.name], src.frac), rescale)
+      m = self._rescale(Msg(self._matmul(src, head.name), src.frac), rescale)
     return (m.q * 2.0**-m.frac).astype(np.float32)
+
+  def _matmul(self, m: Msg, synapses: str) -> np.ndarray:
+    w = self.weights[synapses]
+    return (m.q.astype(w.dtype) @ w).astype(np.int64)  # exact: see `_matmul_weights`
 
   # --- the neuron kinds --------------------------------------------------------------------------
 

@@ -10,7 +10,9 @@ populations follow the `hw` model's dataflow, with these fusions:
   residual       rescale of the branch's accumulator + residual add + requantize
 Skip connections are identity synapses into a residual population's `x` port (a fan-in sum on
 the chip). A BitLinear's accumulator is rescaled by its target population, which receives the
-per-token input exponent beside the accumulated messages.
+per-token input exponent beside the accumulated messages. The static range check (`ranges`) runs
+on every program: it is refused if an intermediate can overflow where the design does not
+saturate, and its rows (saturating ones marked) go into `program.json`.
 """
 
 import dataclasses
@@ -20,7 +22,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from mmfree.loihi import fixed, neurons, program
+from mmfree.loihi import fixed, neurons, program, ranges
 from mmfree.loihi.program import HOST, Population, Program, Synapses
 from mmfree.models.config import ModelConfig
 from mmfree.models.lm import lower_bounds
@@ -123,8 +125,8 @@ class _Builder:
 
   def identity(self, source: str, target: str, n: int, port: str = "x"):
     """A skip connection: one synapse of weight 1 per neuron (a fan-in sum on the chip)."""
-    key = self.array(f"{target}.{port}.skip", np.eye(n, dtype=np.int8))
-    self.synapses.append(Synapses(f"{target}.{port}.skip", source, target, port, n, n, 2, 0, key))
+    key = self.array(f"{target}.{port}{program.SKIP}", np.eye(n, dtype=np.int8))
+    self.synapses.append(Synapses(key, source, target, port, n, n, 2, 0, key))
 
 
 def lower(params: dict, cfg: ModelConfig, qcfg: QuantConfig, scales: dict, *, lm_head="chip",
@@ -204,22 +206,26 @@ def lower(params: dict, cfg: ModelConfig, qcfg: QuantConfig, scales: dict, *, lm
                  {"logits": head, "rounding": qcfg.rounding})  # fmt: skip
   else:
     b.bitlinear("lm_head", final, None, HOST, "logits")
-  return Program(
+  prog = Program(
     version=program.VERSION,
     model=cfg.to_dict(),
     quant=qcfg.to_dict(),
     io={"embedding": HOST, "sampling": HOST, "lm_head": lm_head},
     fusions=list(FUSIONS),
     provenance=program.provenance(source, qcfg.to_dict()),
+    ranges=[],
     populations=tuple(b.populations),
     synapses=tuple(b.synapses),
     arrays=b.arrays,
   )
+  rows = ranges.check(prog)
+  ranges.require(rows)
+  return dataclasses.replace(prog, ranges=rows)
 
 
 def zero_share(p: Program) -> float:
   """Share of zero weights over the BitLinear synapse groups (identity skips excluded)."""
-  groups = [s for s in p.synapses if not s.name.endswith(".skip")]
+  groups = [s for s in p.synapses if not program.is_skip(s)]
   total = sum(s.n_in * s.n_out for s in groups)
   return 1 - sum(p.nnz(s.name) for s in groups) / total if total else math.nan
 

@@ -19,9 +19,9 @@ import dataclasses
 import numpy as np
 
 from mmfree.loihi import hardware
-from mmfree.loihi.program import HOST, Population, Program, Synapses
+from mmfree.loihi.program import HOST, Population, Program, Synapses, is_skip
 
-SUMMED = ("neurons", "synapses", "weights", "synapse_bytes", "state_bytes")
+SUMMED = ("neurons", "synapses", "weights", "skips", "synapse_bytes", "state_bytes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,8 +33,9 @@ class Core:
   layer: int | None
   start: int
   stop: int
-  synapses: int  # non-zero fan-in weights
-  weights: int  # fan-in weights, zeros included
+  synapses: int  # non-zero fan-in weights of BitLinear groups
+  weights: int  # fan-in weights of BitLinear groups, zeros included
+  skips: int  # identity (skip-connection) synapses: stored, but not ternary weights
   synapse_bytes: int
   state_bytes: int
 
@@ -54,7 +55,7 @@ class Mapping:
     return self.cores[-1].chip + 1 if self.cores else 0
 
   def totals(self) -> dict:
-    """cores, chips, neurons, synapses (non-zero), weights, memory bytes and zero share."""
+    """cores, chips, neurons, BitLinear weights (non-zero and all), skips, bytes, zero share."""
     return {**_totals(self.cores), "chips": self.chips}
 
   def by_layer(self) -> dict:
@@ -116,7 +117,7 @@ def _chips(cores: list[dict], hw: hardware.Hardware) -> list[int]:
   limits = (hw.chip.cores.value, hw.chip.neurons.value, hw.chip.synapses.value)
   chip, used, out = 0, (0, 0, 0), []
   for c in cores:
-    need = (1, c["stop"] - c["start"], c["synapses"])
+    need = (1, c["stop"] - c["start"], c["synapses"] + c["skips"])
     if any(n > lim for n, lim in zip(need, limits, strict=True)):
       raise ValueError(
         f"population {c['population']!r}: one core's (cores, neurons, synapses) = {need} exceed "
@@ -135,14 +136,18 @@ def place(program: Program, hw: hardware.Hardware = hardware.DEFAULT) -> Mapping
   encodings = {s.name: encoding(s, program.nnz(s.name)) for s in groups}
   cores = []
   for q in program.populations:
-    syn_bits, nnz, fan_in = np.zeros(q.size, np.int64), np.zeros(q.size, np.int64), 0
+    syn_bits = np.zeros(q.size, np.int64)
+    nnz, skips, fan_in = np.zeros(q.size, np.int64), np.zeros(q.size, np.int64), 0
     for s in program.fan_in(q.name):
       if s.name not in encodings:
         continue
       col = program.nnz_per_target(s.name)
       sparse = encodings[s.name] == "sparse"
       syn_bits += col * (s.weight_bits + index_bits(s.n_in)) if sparse else s.n_in * s.weight_bits
-      nnz, fan_in = nnz + col, fan_in + s.n_in
+      if is_skip(s):
+        skips += col
+      else:
+        nnz, fan_in = nnz + col, fan_in + s.n_in
     for start, stop, syn_b, state_b in _split(q, syn_bits, state_bits(program, q), hw):
       cores.append(
         {
@@ -152,6 +157,7 @@ def place(program: Program, hw: hardware.Hardware = hardware.DEFAULT) -> Mapping
           "stop": stop,
           "synapses": int(nnz[start:stop].sum()),
           "weights": fan_in * (stop - start),
+          "skips": int(skips[start:stop].sum()),
           "synapse_bytes": syn_b,
           "state_bytes": state_b,
         }
@@ -162,14 +168,18 @@ def place(program: Program, hw: hardware.Hardware = hardware.DEFAULT) -> Mapping
 
 def report(mapping: Mapping) -> str:
   """Markdown: per-layer and total resources, then the constants the placement used."""
-  head = "| layer | cores | neurons | synapses | weights | zeros | synapse KiB | state KiB |"
-  rows = [head, "|---|" + "---:|" * 7]
+  head = (
+    "| layer | cores | neurons | ternary weights | non-zero | zeros | skip synapses "
+    "| synapse KiB | state KiB |"
+  )
+  rows = [head, "|---|" + "---:|" * 8]
   table = {**mapping.by_layer(), "total": mapping.totals()}
   for layer, t in table.items():
     name = {None: "model", "total": "**total**"}.get(layer, layer)
     rows.append(
-      f"| {name} | {t['cores']} | {t['neurons']:,} | {t['synapses']:,} | {t['weights']:,} | "
-      f"{t['zero_share']:.1%} | {t['synapse_bytes'] / 1024:,.1f} | {t['state_bytes'] / 1024:,.1f} |"
+      f"| {name} | {t['cores']} | {t['neurons']:,} | {t['weights']:,} | {t['synapses']:,} | "
+      f"{t['zero_share']:.1%} | {t['skips']:,} | {t['synapse_bytes'] / 1024:,.1f} | "
+      f"{t['state_bytes'] / 1024:,.1f} |"
     )
   t = mapping.totals()
   lines = ["", f"Cores: {t['cores']}, chips: {t['chips']}. Constants used:", ""]

@@ -22,7 +22,7 @@ import numpy as np
 from mmfree.loihi import hardware
 
 FORMAT = "mmfree-loihi-program"
-VERSION = 1
+VERSION = 2  # 2: the static range check (`ranges`)
 MANIFEST = "program.json"
 ARRAYS = "arrays"
 HOST = "host"  # an endpoint off chip: the embedding's input, sampling's output
@@ -31,12 +31,21 @@ EMBEDDING = "host.embedding"  # float32 [V, H]: the host quantizes a token's row
 KINDS = ("rmsnorm", "bitlinear_in", "mlgru", "g_norm", "product", "residual", "glu", "readout")
 STORAGES = ("dense", "csr")
 CSR_PARTS = {"indptr": np.int64, "indices": np.int32, "data": np.int8}  # file suffix: dtype
-CONFIG = ("version", "model", "quant", "io", "fusions", "provenance")  # as is in program.json
+CONFIG = (
+  "version",
+  "model",
+  "quant",
+  "io",
+  "fusions",
+  "provenance",
+  "ranges",
+)  # as is in program.json
 MIN_WEIGHT_BITS = 2  # ternary {-1, 0, 1} in two's complement
 HOST_OUT_BITS = 32  # host-side outputs only: on chip a graded spike carries fewer bits
 IO = {"embedding": (HOST,), "sampling": (HOST,), "lm_head": ("chip", HOST)}
 _KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a plain file name under arrays/
 LOWER = "re-run `mmfree lower`"
+SKIP = ".skip"  # name suffix of an identity synapse group (a skip connection, not a BitLinear)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +129,7 @@ class Program:
   io: dict  # {"embedding": "host", "sampling": "host", "lm_head": "chip" | "host"}
   fusions: list  # names of the fusions the lowering applied
   provenance: dict  # source run, quant sha256, created, mmfree version (see `provenance`)
+  ranges: list  # the static range check's rows (see `ranges.check`)
   populations: tuple  # of Population
   synapses: tuple  # of Synapses
   arrays: dict  # key -> np.ndarray (or Csr for weights stored sparse)
@@ -154,6 +164,10 @@ class Program:
     rows = max(1, (1 << 24) // w.shape[1])  # bounded temporaries on the largest matrices
     blocks = (np.count_nonzero(w[i : i + rows], axis=0) for i in range(0, w.shape[0], rows))
     return sum(blocks, np.zeros(w.shape[1], np.int64))
+
+
+def is_skip(s: Synapses) -> bool:
+  return s.name.endswith(SKIP)
 
 
 def _need(ok, message: str):
@@ -193,11 +207,12 @@ def _describe(a) -> str:
 def _validate(p: Program):
   _check_types(p, "program")
   _need(p.version == VERSION, f"program: version {p.version}, this mmfree writes {VERSION}")
-  for f in ("model", "quant", "provenance"):
+  for f in ("model", "quant", "provenance", "ranges"):
     _json(getattr(p, f), f"program {f}")
   ok = set(p.io) == set(IO) and all(p.io[k] in v for k, v in IO.items())
   _need(ok, f"program: io must map {list(IO)} to one of {list(IO.values())}, got {p.io}")
   _need(all(isinstance(f, str) for f in p.fusions), "program: fusions must be a list of names")
+  _need(all(isinstance(r, dict) for r in p.ranges), "program: ranges must be a list of objects")
   for cls, entries in ((Population, p.populations), (Synapses, p.synapses)):
     _need(all(isinstance(e, cls) for e in entries), f"program: entries must be {cls.__name__}")
     names = [e.name for e in entries]
