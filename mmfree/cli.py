@@ -147,7 +147,7 @@ def cmd_quantize_calibrate(args, extra):
 
 
 def cmd_lower(args, extra):
-  from mmfree.loihi import lower, mapping, program
+  from mmfree.loihi import lower, mapping, program, ranges
 
   _only(extra)
   out = lower.lower_run(Path(args.run_dir), Path(args.out) if args.out else None, args.lm_head)
@@ -155,6 +155,10 @@ def cmd_lower(args, extra):
   s, zeros = program.summary(prog), lower.zero_share(prog)
   print(f"wrote {out}: {s['populations']} populations, {s['neurons']:,} neurons, "
         f"{s['synapse_groups']} synapse groups; ternary weights {zeros:.1%} zero")  # fmt: skip
+  r = ranges.summary(prog.ranges)
+  n_sat = len(r["saturating"])
+  print(f"static range check: {r['checked']} intermediates bounded, none can overflow; "
+        f"{n_sat} may saturate where the design clips (listed in program.json)")  # fmt: skip
   print(mapping.report(mapping.place(prog)))
 
 

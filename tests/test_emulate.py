@@ -81,6 +81,16 @@ def test_emulator_equals_hw_at_every_population(run, text, tmp_path, policy):
     assert np.any(got != 0), pop
     np.testing.assert_array_equal(got, rec[key] / scales[key].scale, err_msg=pop)
   np.testing.assert_array_equal(result.logits, logits)
+  # what another backend needs: each population's message format, and activity from its outputs
+  emu = emulate.Emulator(prog)
+  emu.reset(2)
+  for pop, m in emu.step(text[:, 0])[0].items():
+    if pop != program.HOST and (f := emulate.out_frac(prog.population(pop))) is not None:
+      assert f == m.frac, pop
+  recount = emu.activity(result.outputs)
+  for pop, counts in result.activity.items():
+    for k, v in counts.items():
+      np.testing.assert_array_equal(recount[pop][k], v, err_msg=f"{pop} {k}")
   # mutation: one weight flipped in the first MLGRU's input gate changes what the emulator says
   w = prog.arrays["layers.0.attn.i_proj.weight"]
   w_mut = np.array(w)

@@ -47,6 +47,15 @@ def _matmul_weights(program: Program, s) -> np.ndarray:
   return np.asarray(program.weights(s.name), np.float32 if exact32 else np.float64)
 
 
+def out_frac(pop: Population) -> int | None:
+  """The Q format of a population's messages; None for per-token BitLinear inputs, whose exponent
+  travels beside them (what a backend needs to read messages it did not compute)."""
+  p = pop.params
+  if pop.kind == "bitlinear_in":
+    return -p["e_x"] if p["policy"] == "static" else None
+  return p["logits_out_frac"] if pop.kind == "readout" else p["out_frac"]
+
+
 def _sub(p: dict, prefix: str) -> dict:
   return {k[len(prefix) + 1 :]: v for k, v in p.items() if k.startswith(prefix + "_")}
 
@@ -61,39 +70,70 @@ class Emulator:
     self.lut = neurons.sigmoid_lut(q["lut_size"], q["lut_in_frac"], q["lut_out_frac"],
                                    q["lut_x_max"])  # fmt: skip
     self.embedding = np.asarray(program.arrays[EMBEDDING], np.float32)
-    self.weights = {s.name: _matmul_weights(program, s) for s in program.synapses}
-    self.row_nnz = {k: np.count_nonzero(w, axis=1) for k, w in self.weights.items()}
     self.fan_in = {q.name: program.fan_in(q.name) for q in program.populations}
     first = next(q for q in program.populations if q.kind == "rmsnorm")
     self.embed_fmt = (first.params["in_frac"], first.params["in_bits"])
     self.state: dict = {}
+    self._weights, self._row_nnz = {}, {}  # built on first use: a Lava neuron process needs none
+
+  def weights(self, synapses: str) -> np.ndarray:
+    if synapses not in self._weights:
+      self._weights[synapses] = _matmul_weights(self.p, self.p.synapse(synapses))
+    return self._weights[synapses]
+
+  def row_nnz(self, synapses: str) -> np.ndarray:
+    """Non-zero weights out of each source neuron: the synaptic operations its message costs."""
+    if synapses not in self._row_nnz:
+      self._row_nnz[synapses] = np.count_nonzero(self.weights(synapses), axis=1)
+    return self._row_nnz[synapses]
 
   def reset(self, batch: int):
     self.state = {q.name: np.zeros((batch, q.size), np.int64) for q in self.p.populations
                   if q.state_bits}  # fmt: skip
 
-  def step(self, tokens_B) -> tuple[dict, dict]:
-    """(outputs {population: Msg}, activity {population: (synops, messages, updates)})."""
+  def embed(self, tokens_B) -> Msg:
+    """The host's part: a token's embedding row quantized to the first norm's input format."""
     f, bits = self.embed_fmt
     x = fixed.quantize(self.embedding[np.asarray(tokens_B)], -f, bits, self.rounding, np.int64)
-    out = {HOST: Msg(x, f)}
+    return Msg(x, f)
+
+  def counts(self, pop: Population, q_in: dict, y_q: np.ndarray) -> tuple[int, int, int]:
+    """(synops, messages, updates) of `pop` in one step: sources' integers `q_in` [B, n] in,
+    its own `y_q` [B, n] out."""
+    synops = sum(int(((q_in[s.source] != 0) * self.row_nnz(s.name)).sum())
+                 for s in self.fan_in[pop.name])  # fmt: skip
+    messages = int(np.count_nonzero(y_q))
+    if pop.kind == "bitlinear_in" and pop.params["policy"] == "per_token":
+      messages += len(y_q)  # the token's input exponent, one side message per token
+    return synops, messages, pop.size * len(y_q)
+
+  def activity(self, outputs: dict) -> dict:
+    """Activity per population and step, as `run` counts it, from outputs another backend
+    recorded: {population or HOST: integers [B, steps, n]}."""
+    steps = outputs[HOST].shape[1]
+    act = {}
+    for pop in self.p.populations:
+      rows = [self.counts(pop, {k: v[:, t] for k, v in outputs.items()}, outputs[pop.name][:, t])
+              for t in range(steps)]  # fmt: skip
+      act[pop.name] = dict(zip(ACTIVITY, np.asarray(rows, np.int64).T, strict=True))
+    return act
+
+  def step(self, tokens_B) -> tuple[dict, dict]:
+    """(outputs {population: Msg}, activity {population: (synops, messages, updates)})."""
+    out = {HOST: self.embed(tokens_B)}
     activity = {}
     for pop in self.p.populations:
-      ports, synops = {}, 0
+      ports = {}
       for s in self.fan_in[pop.name]:
         if s.source not in out:
           raise ValueError(f"{s.name}: source {s.source!r} runs after its target {pop.name!r}")
         m = out[s.source]
         acc = self._matmul(m, s.name)
-        synops += int(((m.q != 0) * self.row_nnz[s.name]).sum())
         prev = ports.get(s.port)
         ports[s.port] = Msg(acc if prev is None else prev.q + acc, m.frac)
       y = KINDS[pop.kind](self, pop, ports)
       out[pop.name] = y
-      messages = int(np.count_nonzero(y.q))
-      if pop.kind == "bitlinear_in" and pop.params["policy"] == "per_token":
-        messages += len(y.q)  # the token's input exponent, one side message per token
-      activity[pop.name] = (synops, messages, pop.size * len(y.q))
+      activity[pop.name] = self.counts(pop, {k: m.q for k, m in out.items()}, y.q)
     return out, activity
 
   def run(self, tokens_BxT, max_new_tokens: int = 0, record: bool = False) -> Result:
@@ -136,7 +176,7 @@ class Emulator:
     return (m.q * 2.0**-m.frac).astype(np.float32)
 
   def _matmul(self, m: Msg, synapses: str) -> np.ndarray:
-    w = self.weights[synapses]
+    w = self.weights(synapses)
     return (m.q.astype(w.dtype) @ w).astype(np.int64)  # exact: see `_matmul_weights`
 
   # --- the neuron kinds --------------------------------------------------------------------------

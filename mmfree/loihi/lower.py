@@ -232,18 +232,15 @@ def zero_share(p: Program) -> float:
 
 def lower_run(run_dir: Path, out: Path | None = None, lm_head: str = "chip") -> Path:
   """`mmfree lower`: the calibrated run's program, saved to `out` (default RUN_DIR/program)."""
-  from flax import nnx
-
   from mmfree.api import read_params
   from mmfree.data.tokenizers import load_tokenizer
   from mmfree.quant import calibrate
-  from mmfree.train.checkpoint import build_model
 
   run_dir = Path(run_dir)
-  cfg, params = read_params(run_dir)
+  cfg, params = read_params(run_dir)  # a pure dict already: no model is built
   qcfg, scales = calibrate.load(run_dir)
-  pure = nnx.to_pure_dict(nnx.state(build_model(cfg, params), nnx.Param))
-  prog = lower(pure, cfg, qcfg, scales, lm_head=lm_head, source=str(run_dir))
+  prog = lower(params, cfg, qcfg, scales, lm_head=lm_head, source=str(run_dir))
+  del params
   out = program.save(prog, out or run_dir / PROGRAM)
   if (tok := load_tokenizer(run_dir)) is not None:  # the host's: prompts in, text out
     tok.save(out)
