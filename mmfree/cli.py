@@ -162,33 +162,63 @@ def cmd_lower(args, extra):
   print(mapping.report(mapping.place(prog)))
 
 
-def cmd_emulate(args, extra):
+def _run_bundle(args, backend: str, out_name: str):
+  """Run a bundle on a prompt with `backend`; print text, speed and activity; write JSON."""
   from mmfree.data.tokenizers import load_tokenizer
   from mmfree.files import write_json
-  from mmfree.loihi import emulate, program
+  from mmfree.loihi import backend as backends
+  from mmfree.loihi import emulate
 
-  _only(extra)
   bundle = Path(args.bundle)
-  prog = program.load(bundle)
   tok = load_tokenizer(bundle)
   if tok is None:
     raise ValueError(f"{bundle} has no tokenizer files: lower it again from its run directory")
   prompt = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(args.prompt)
-  t0 = time.perf_counter()
-  result = emulate.Emulator(prog).run([prompt], args.max_new_tokens)
-  dt = time.perf_counter() - t0
+  if backend == "lava":
+    result, seconds = backends.run_lava(bundle, prompt, args.max_new_tokens, Path(args.venv),
+                                        args.timeout, args.hardware)  # fmt: skip
+  else:
+    result, seconds = backends.run_emulator(bundle, prompt, args.max_new_tokens)
   new = [int(t) for t in result.new[0]]
   steps = result.logits.shape[1]  # every token the program consumed
   print(args.prompt + tok.decode(new))
-  print(f"({steps} tokens through the program in {dt:.1f} s, {steps / dt:.1f} tokens/s "
-        "in the emulator)")  # fmt: skip
+  print(f"({steps} tokens through the program in {seconds['run']:.1f} s, "
+        f"{steps / seconds['run']:.1f} tokens/s in the {backend})")  # fmt: skip
   totals = {k: {n: int(v.sum()) for n, v in a.items()} for k, a in result.activity.items()}
   per_token = {n: sum(t[n] for t in totals.values()) / steps for n in emulate.ACTIVITY}
   print("per token: " + ", ".join(f"{v:,.0f} {k}" for k, v in per_token.items()))
-  out = Path(args.out) if args.out else bundle / "emulate.json"
-  write_json(out, {"prompt": prompt, "new": new, "tokens": steps, "per_token": per_token,
-                   "by_population": totals})  # fmt: skip
+  report = {"backend": backend, "prompt": prompt, "new": new, "tokens": steps,
+            "seconds": seconds, "per_token": per_token, "by_population": totals,
+            "per_step": {k: {n: v.tolist() for n, v in a.items()}
+                         for k, a in result.activity.items()}}  # fmt: skip
+  if getattr(args, "verify", False) and backend != "emulator":
+    ref, _ = backends.run_emulator(bundle, prompt, args.max_new_tokens)
+    bad = backends.mismatches(result, ref)
+    if bad:
+      raise ValueError(f"{backend} differs from the emulator at: {', '.join(bad[:10])}")
+    n = len(result.outputs) - 1  # the host's input is not a population
+    print(f"bit-exact with the emulator: {n} populations x {steps} tokens, logits, new tokens")
+    report["verified"] = True
+  out = Path(args.out) if args.out else bundle / out_name
+  write_json(out, report)
   print(f"wrote {out}")
+
+
+def cmd_emulate(args, extra):
+  _only(extra)
+  _run_bundle(args, "emulator", "emulate.json")
+
+
+def cmd_measure(args, extra):
+  _only(extra)
+  _run_bundle(args, args.backend, "measure.json")
+
+
+def cmd_lava_setup(args, extra):
+  from mmfree.loihi import backend
+
+  _only(extra)
+  backend.setup(Path(args.venv))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -263,6 +293,26 @@ def parser() -> argparse.ArgumentParser:
   em.add_argument("--out", default=None, help="activity JSON (default BUNDLE/emulate.json)")
   em.set_defaults(fn=cmd_emulate)
 
+  ms = sub.add_parser("measure", help="run a program bundle on a backend; activity per step")
+  ms.add_argument("bundle", help="a program bundle directory (mmfree lower)")
+  ms.add_argument("--backend", choices=("emulator", "lava"), default="emulator")
+  ms.add_argument("--prompt", default="The")
+  ms.add_argument("--max-new-tokens", type=int, default=16)
+  ms.add_argument("--verify", action="store_true", help="check every integer against the emulator")
+  ms.add_argument("--hardware", action="store_true", help="Lava on a Loihi 2 (needs lava-loihi)")
+  ms.add_argument("--venv", default=".venv-lava", help="the Lava environment (mmfree lava setup)")
+  ms.add_argument("--timeout", type=float, default=1800, help="seconds before Lava is killed")
+  ms.add_argument("--out", default=None, help="report JSON (default BUNDLE/measure.json)")
+  ms.set_defaults(fn=cmd_measure)
+
+  lv = sub.add_parser("lava", help="the Lava environment")
+  lv_sub = lv.add_subparsers(dest="lava_cmd", required=True)
+  ls = lv_sub.add_parser(
+    "setup", help="create the Python 3.10 environment with lava-nc (idempotent)"
+  )
+  ls.add_argument("--venv", default=".venv-lava")
+  ls.set_defaults(fn=cmd_lava_setup)
+
   sweep.add_parser(sub)
   results.add_parser(sub)
   return p
@@ -272,7 +322,7 @@ def main(argv=None):
   args, extra = parser().parse_known_args(argv)
   try:
     code = args.fn(args, extra)
-  except (ValueError, FileNotFoundError, FloatingPointError) as e:
+  except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError, TimeoutError) as e:
     sys.exit(f"mmfree {args.cmd}: error: {e}")
   if code:
     sys.exit(code)
