@@ -7,6 +7,7 @@ Lava run can leave them waiting forever.
 """
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -55,9 +56,16 @@ def setup(venv: Path = VENV, log=print) -> Path:
   """Create (or check) the Lava environment: Python 3.10, lava-nc, and this checkout's mmfree
   linked into its site-packages without its dependencies (jax and flax have no place there)."""
   venv = Path(venv).absolute()
-  if _ready(venv):
-    log(f"{venv}: ready ({LAVA}, mmfree from {PACKAGE})")
-    return venv_python(venv)
+  venv.parent.mkdir(parents=True, exist_ok=True)
+  with open(venv.with_name(f".{venv.name}.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent setups (parallel tests) wait for the first
+    if _ready(venv):
+      log(f"{venv}: ready ({LAVA}, mmfree from {PACKAGE})")
+      return venv_python(venv)
+    return _create(venv, log)
+
+
+def _create(venv: Path, log) -> Path:
   env = {**os.environ, "UV_PYTHON_DOWNLOADS": os.environ.get("UV_PYTHON_DOWNLOADS", "never")}
   found = subprocess.run([*_uv(), "python", "find", "--no-project", PYTHON], capture_output=True,
                          text=True, env=env)  # fmt: skip
@@ -135,18 +143,25 @@ def run_lava(bundle: Path, tokens: list[int], max_new_tokens: int, venv: Path = 
     return r, seconds
 
 
-def kill_group(pgid: int):
-  """SIGKILL every process left in the group (Lava's workers), if any."""
+def kill_group(pgid: int, wait: float = 10.0):
+  """SIGKILL every process left in the group (Lava's workers), and wait until none runs."""
   with contextlib.suppress(ProcessLookupError):
     os.killpg(pgid, signal.SIGKILL)
+  deadline = time.monotonic() + wait
+  while group_alive(pgid) and time.monotonic() < deadline:
+    time.sleep(0.05)
 
 
 def group_alive(pgid: int) -> bool:
-  try:
-    os.killpg(pgid, 0)
-  except ProcessLookupError:
-    return False
-  return True
+  """Whether a process of group `pgid` still runs (zombies, which hold nothing, do not count)."""
+  for stat in Path("/proc").glob("[0-9]*/stat"):
+    try:
+      fields = stat.read_text().rpartition(")")[2].split()  # after "pid (comm)"
+    except OSError:
+      continue  # gone meanwhile
+    if int(fields[2]) == pgid and fields[0] != "Z":
+      return True
+  return False
 
 
 def mismatches(a: emulate.Result, b: emulate.Result) -> list[str]:
