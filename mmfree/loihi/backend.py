@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from mmfree.loihi import emulate, program
+from mmfree.loihi.lava.network import ERROR
 
 LAVA = "lava-nc==0.10.0"
 VENV = Path(".venv-lava")  # the default, relative to the working directory
@@ -128,6 +129,8 @@ def run_lava(bundle: Path, tokens: list[int], max_new_tokens: int, venv: Path = 
     log.seek(0)
     tail = log.read()[-4000:]
     log.close()
+    if (work / ERROR).is_file():  # a neuron model's own traceback (see lava/process.py)
+      rc, tail = rc or 1, f"{tail}\n{(work / ERROR).read_text()[-4000:]}"
     if rc is None:
       raise TimeoutError(f"the Lava run took over {timeout:.0f} s and was killed:\n{tail}")
     if rc != 0:

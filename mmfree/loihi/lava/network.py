@@ -18,6 +18,8 @@ import numpy as np
 from mmfree.loihi import emulate, program
 from mmfree.loihi.program import HOST, Program
 
+ERROR = "error.txt"  # a failed neuron model's traceback, in the work directory
+
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
@@ -68,6 +70,7 @@ class _Records:
   """The files the processes read and write: host rows and valid flags in, outputs by token out."""
 
   def __init__(self, prog: Program, work: Path, timesteps: int):
+    self.work = work
     H = prog.arrays[program.EMBEDDING].shape[1]
     self.rows_path, self.valid_path = str(work / "host_in.npy"), str(work / "valid.npy")
     self.rows = np.lib.format.open_memmap(self.rows_path, "w+", np.int32, (timesteps, H))
@@ -107,7 +110,8 @@ def _build(prog: Program, pl: Plan, bundle: Path, rec: _Records) -> dict:
   for q in prog.populations:
     procs[q.name] = Neurons(n=q.size, bundle=str(bundle), name=q.name, depth=pl.depth[q.name],
                             delays=pl.delays[q.name], fracs=pl.fracs[q.name],
-                            valid=rec.valid_path, out=rec.base[q.name])  # fmt: skip
+                            valid=rec.valid_path, out=rec.base[q.name],
+                            error=str(rec.work / ERROR))  # fmt: skip
   for s in prog.synapses:
     if s.target == HOST:
       continue  # the host's lm_head: applied by the host to the recorded messages

@@ -6,8 +6,15 @@ Its data InPorts carry the summed fan-in of Lava `Dense` processes (one timestep
 input's per-token exponent arrives on an `e_<port>` InPort straight from its source (no delay).
 Each port delays what it receives so that every input of one token lines up (`delays`), and the
 model computes only on timesteps that carry a token (`valid`, written by the host). Outputs are
-written by token into `.npy` files as they are made: `Var.get` reads one element at a time.
+written by token into `.npy` files as they are made: `Var.get` reads one element at a time. A
+model that raises writes its traceback to `error` and kills the run's process group: Lava itself
+would wait forever.
 """
+
+import os
+import signal
+import traceback
+from pathlib import Path
 
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
@@ -41,9 +48,9 @@ class Neurons(AbstractProcess):
   `fracs` maps each port without an exponent port to the Q format of its messages."""
 
   def __init__(self, *, n: int, bundle: str, name: str, depth: int, delays: dict, fracs: dict,
-               valid: str, out: str):  # fmt: skip
+               valid: str, out: str, error: str):  # fmt: skip
     super().__init__(n=n, bundle=bundle, name=name, depth=depth, delays=delays, fracs=fracs,
-                     valid=valid, out=out)  # fmt: skip
+                     valid=valid, out=out, error=error)  # fmt: skip
     for port in PORTS:
       setattr(self, port, InPort(shape=(n,)))
       setattr(self, f"e_{port}", InPort(shape=(1,)))
@@ -114,6 +121,15 @@ class PyNeuronsModel(PyLoihiProcessModel):
     return line.pop(0)
 
   def run_spk(self):
+    try:
+      self._step()
+    except BaseException:
+      # Lava hangs when a model raises: leave the traceback for the host and end the whole run
+      # (this process group) at once.
+      Path(self.proc_params["error"]).write_text(f"{self.pop.name}:\n{traceback.format_exc()}")
+      os.killpg(0, signal.SIGKILL)
+
+  def _step(self):
     got = {port: self._recv(port) for port in self.lines}  # every connected port, every step
     n = self.pop.size
     y, e = np.zeros(n, np.int32), np.zeros(1, np.int32)
