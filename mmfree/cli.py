@@ -147,12 +147,12 @@ def cmd_quantize_calibrate(args, extra):
 
 
 def cmd_lower(args, extra):
-  from mmfree.loihi import lower, mapping, program, ranges
+  from mmfree.loihi import bundle_io, lower, mapping, ranges
 
   _only(extra)
   out = lower.lower_run(Path(args.run_dir), Path(args.out) if args.out else None, args.lm_head)
-  prog = program.load(out)
-  s, zeros = program.summary(prog), lower.zero_share(prog)
+  prog = bundle_io.load(out)
+  s, zeros = bundle_io.summary(prog), lower.zero_share(prog)
   print(f"wrote {out}: {s['populations']} populations, {s['neurons']:,} neurons, "
         f"{s['synapse_groups']} synapse groups; ternary weights {zeros:.1%} zero")  # fmt: skip
   r = ranges.summary(prog.ranges)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmfree.loihi import backend, program
+from mmfree.loihi import backend, bundle_io
 
 
 def main():
@@ -23,8 +23,8 @@ def main():
   ap.add_argument("--new", type=int, default=4)
   ap.add_argument("--venv", default=str(backend.VENV))
   args = ap.parse_args()
-  prog = program.load(args.bundle)
-  s = program.summary(prog)
+  prog = bundle_io.load(args.bundle)
+  s = bundle_io.summary(prog)
   print(f"{args.bundle}: {s['populations']} populations, {s['neurons']:,} neurons, "
         f"{s['synapse_groups']} synapse groups")  # fmt: skip
   rng = np.random.default_rng(0)

@@ -77,7 +77,7 @@ def _emulate(prog, n_tokens: int, rng) -> tuple[float, float]:
 
 
 def main():
-  from mmfree.loihi import lower, mapping, program
+  from mmfree.loihi import bundle_io, lower, mapping
 
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   ap.add_argument("--preset", default="370m")
@@ -90,8 +90,8 @@ def main():
     _write_run(args.preset, run)
     dt, peak = _lower(run, out)
     print(f"{args.preset}: `mmfree lower` {dt:.1f} s, peak memory {peak:.2f} GB (its process)")
-    prog = program.load(out)
-    s = program.summary(prog)
+    prog = bundle_io.load(out)
+    s = bundle_io.summary(prog)
     print(f"bundle: {s['populations']} populations, {s['neurons']:,} neurons, "
           f"{sum(s['bytes'].values()) / 2**20:,.0f} MiB of arrays; ternary weights "
           f"{lower.zero_share(prog):.1%} zero")  # fmt: skip
@@ -101,7 +101,7 @@ def main():
           f"{ref:.2f} tokens/s; ratio {tps / ref:.2f}")  # fmt: skip
   if args.small and Path(args.small, "quant").is_dir():
     with tempfile.TemporaryDirectory() as d:
-      small = program.load(lower.lower_run(Path(args.small), Path(d) / "program"))
+      small = bundle_io.load(lower.lower_run(Path(args.small), Path(d) / "program"))
       tps, ref = _emulate(small, 64, rng)
       print(f"{args.small}: emulator {tps:.1f} tokens/s (batch 1, 64 tokens); the matmuls alone "
             f"{ref:.1f} tokens/s; ratio {tps / ref:.2f}")  # fmt: skip

@@ -15,22 +15,17 @@ import mmfree
 from mmfree.api import read_params
 from mmfree.cli import main
 from mmfree.data.sources import DataConfig, load_data
-from mmfree.loihi import emulate, hardware, lower, mapping, program, ranges
+from mmfree.loihi import bundle_io, emulate, hardware, lower, mapping, program, ranges
 from mmfree.quant import calibrate
 from mmfree.quant.points import Probe, recorder, set_hw, set_probe
 from mmfree.train.checkpoint import build_model
 
-SMOKE = str(Path(__file__).parent.parent / "experiments/tiny.py:smoke")
 T = 64
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  d = tmp_path_factory.mktemp("emu")
-  main(["train", "--config", SMOKE, "--workdir", str(d), "--config.train.steps=20",
-        "--config.model.num_hidden_layers=2"])  # fmt: skip
-  main(["quantize", "calibrate", str(d), "--batches", "4", "--seq-len", "32"])
-  return d
+def run(calibrated_run):
+  return calibrated_run
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +64,7 @@ def test_emulator_equals_hw_at_every_population(run, text, tmp_path, policy):
     main(["quantize", "calibrate", str(run_dir), "--batches", "4", "--seq-len", "32",
           "--quant.bitlinear_input=static"])  # fmt: skip
   bundle = lower.lower_run(run_dir, tmp_path / "program")
-  prog = program.load(bundle)
+  prog = bundle_io.load(bundle)
   result = emulate.Emulator(prog).run(text, record=True)
   logits, rec = _hw_values(run_dir, text)
   _, scales = calibrate.load(run_dir)
@@ -105,7 +100,7 @@ def _replace_array(prog, key, a):
 
 
 def test_generation_and_activity(run, text, tmp_path):
-  prog = program.load(lower.lower_run(run, tmp_path / "program", lm_head="host"))
+  prog = bundle_io.load(lower.lower_run(run, tmp_path / "program", lm_head="host"))
   emu = emulate.Emulator(prog)
   lm = mmfree.load(run, precision="hw")
   new = emu.run(text[:, :16], 12).new
@@ -145,7 +140,9 @@ def test_lower_cli_and_refusals(run, tmp_path, capsys):
   main(["emulate", str(tmp_path / "b"), "--prompt", "The", "--max-new-tokens", "5"])
   saved = json.loads((tmp_path / "b" / "emulate.json").read_text())
   assert len(saved["new"]) == 5 and saved["tokens"] == len(saved["prompt"]) + 4
-  assert saved["per_token"]["updates"] == program.summary(program.load(tmp_path / "b"))["neurons"]
+  assert (
+    saved["per_token"]["updates"] == bundle_io.summary(bundle_io.load(tmp_path / "b"))["neurons"]
+  )
   uncalibrated = shutil.copytree(run, tmp_path / "nq", ignore=shutil.ignore_patterns("quant"))
   with pytest.raises(SystemExit, match="mmfree quantize calibrate"):
     main(["lower", str(uncalibrated)])
@@ -157,7 +154,7 @@ def test_lower_cli_and_refusals(run, tmp_path, capsys):
 
 
 def test_static_range_check(run, tmp_path):
-  prog = program.load(lower.lower_run(run, tmp_path / "program"))
+  prog = bundle_io.load(lower.lower_run(run, tmp_path / "program"))
   rows = {(r["population"], r["value"]): r for r in prog.ranges}
   # independently: 8-bit inputs (−128 at worst) times ±1 over the most non-zeros into one neuron
   nnz = int(np.count_nonzero(prog.weights("layers.0.attn.f_proj"), axis=0).max())

@@ -24,21 +24,8 @@ SMOKE = str(Path(__file__).parent.parent / "experiments/tiny.py:smoke")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  d = tmp_path_factory.mktemp("hw")
-  main(
-    [
-      "train",
-      "--config",
-      SMOKE,
-      "--workdir",
-      str(d),
-      "--config.train.steps=20",
-      "--config.model.num_hidden_layers=2",
-    ]
-  )  # layer 1 has a lower bound
-  main(["quantize", "calibrate", str(d), "--batches", "4", "--seq-len", "32"])
-  return d
+def run(calibrated_run):
+  return calibrated_run
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from mmfree.cli import main
 from mmfree.data.sources import DataConfig, load_data
 from mmfree.loihi import backend, program
 
-SMOKE = str(Path(__file__).parent.parent / "experiments/tiny.py:smoke")
 VENV = Path(os.environ.get("MMFREE_LAVA_VENV", Path(__file__).parent.parent / ".venv-lava"))
 T, NEW = 16, 6
 
@@ -26,12 +25,8 @@ def venv():
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  d = tmp_path_factory.mktemp("lava")
-  main(["train", "--config", SMOKE, "--workdir", str(d), "--config.train.steps=20",
-        "--config.model.num_hidden_layers=2"])  # fmt: skip
-  main(["quantize", "calibrate", str(d), "--batches", "4", "--seq-len", "32"])
-  return d
+def run(calibrated_run):
+  return calibrated_run
 
 
 @pytest.fixture(scope="module")
@@ -48,19 +43,19 @@ def _same(lava, emu):
       np.testing.assert_array_equal(lava.activity[pop][k], v, err_msg=f"{pop} {k}")
 
 
+def main_lower(run_dir, out, *flags):
+  main(["lower", str(run_dir), "--out", str(out), *flags])
+  return out
+
+
 def test_lava_equals_the_emulator_and_leaves_no_process(venv, run, prompt, tmp_path):
-  bundle = program.save(program.load(main_lower(run, tmp_path / "program")), tmp_path / "b")
+  bundle = main_lower(run, tmp_path / "program")
   started = []
   lava, seconds = backend.run_lava(bundle, prompt, NEW, venv, timeout=600,
                                    on_start=started.append)  # fmt: skip
   emu, _ = backend.run_emulator(bundle, prompt, NEW)
   _same(lava, emu)
   assert seconds["timesteps"] > T and not backend.group_alive(started[0].pid)
-
-
-def main_lower(run_dir, out, *flags):
-  main(["lower", str(run_dir), "--out", str(out), *flags])
-  return out
 
 
 def test_static_inputs_and_host_lm_head(venv, run, prompt, tmp_path):

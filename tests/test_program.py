@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from mmfree.loihi import bundle_io as bd
 from mmfree.loihi import program as pg
 
 
@@ -79,7 +80,7 @@ def _edit_manifest(bundle, fn):
 
 def test_round_trip_and_storage_choice(tmp_path):
   p = _program()
-  pg.save(p, tmp_path / "prog")
+  bd.save(p, tmp_path / "prog")
   m = json.loads((tmp_path / "prog" / pg.MANIFEST).read_text())
   assert m["format"] == pg.FORMAT and m["version"] == pg.VERSION
   storage = {s["name"]: s["storage"] for s in m["synapses"]}
@@ -94,7 +95,7 @@ def test_round_trip_and_storage_choice(tmp_path):
   assert {"mlgru_readout.indptr.npy", "mlgru_readout.indices.npy", "mlgru_readout.data.npy"} <= set(
     files
   )
-  q = pg.load(tmp_path / "prog")
+  q = bd.load(tmp_path / "prog")
   assert q.populations == p.populations and q.synapses == p.synapses
   assert (q.model, q.quant, q.io, q.fusions, q.provenance) == (
     p.model,
@@ -119,15 +120,15 @@ def test_round_trip_and_storage_choice(tmp_path):
   assert q.population("mlgru").state_bits == {"h": 16}
   assert [s.name for s in q.fan_in("readout")] == ["mlgru_readout"]
   # A program in memory can hold CSR weights; saving it again gives the same bundle.
-  pg.save(q, tmp_path / "again")
-  r = pg.load(tmp_path / "again", mmap=False)
+  bd.save(q, tmp_path / "again")
+  r = bd.load(tmp_path / "again", mmap=False)
   np.testing.assert_array_equal(r.weights("mlgru_readout"), p.arrays["mlgru_readout"])
 
 
 def test_mmap(tmp_path):
-  pg.save(_program(), tmp_path / "prog")
-  assert isinstance(pg.load(tmp_path / "prog").weights("norm_mlgru"), np.memmap)
-  w = pg.load(tmp_path / "prog", mmap=False).weights("norm_mlgru")
+  bd.save(_program(), tmp_path / "prog")
+  assert isinstance(bd.load(tmp_path / "prog").weights("norm_mlgru"), np.memmap)
+  w = bd.load(tmp_path / "prog", mmap=False).weights("norm_mlgru")
   assert not isinstance(w, np.memmap) and w.flags.writeable
 
 
@@ -139,7 +140,7 @@ def test_summary():
   csr = {k: 8 * (w.shape[1] + 1) + 5 * nnz[k] for k, w in groups.items()}
   sparse = [k for k in groups if csr[k] < groups[k].size]
   assert sparse == ["mlgru_readout", "logits"]
-  assert pg.summary(p) == {
+  assert bd.summary(p) == {
     "populations": 3,
     "neurons": 8 + 64 + 200,
     "synapse_groups": 4,
@@ -256,10 +257,10 @@ def test_entry_validation():
   ],
 )
 def test_validation_on_load(tmp_path, edit, match):
-  pg.save(_program(), tmp_path / "prog")
+  bd.save(_program(), tmp_path / "prog")
   _edit_manifest(tmp_path / "prog", edit)
   with pytest.raises(ValueError, match=match) as e:
-    pg.load(tmp_path / "prog")
+    bd.load(tmp_path / "prog")
   assert "prog" in str(e.value)  # the message names the file
 
 
@@ -267,19 +268,19 @@ def test_missing_files(tmp_path):
   with pytest.raises(
     FileNotFoundError, match=r"program.json: no program bundle here.*mmfree lower"
   ):
-    pg.load(tmp_path / "nothing")
-  pg.save(_program(), tmp_path / "prog")
+    bd.load(tmp_path / "nothing")
+  bd.save(_program(), tmp_path / "prog")
   (tmp_path / "prog" / "arrays" / "mlgru_readout.indices.npy").unlink()
   with pytest.raises(FileNotFoundError, match=r"mlgru_readout.indices.npy: array file missing"):
-    pg.load(tmp_path / "prog")
+    bd.load(tmp_path / "prog")
   (tmp_path / "prog" / "arrays" / "norm_mlgru.npy").write_bytes(b"garbage")
   with pytest.raises(ValueError, match=r"norm_mlgru.npy: not a readable .npy file"):
-    pg.load(tmp_path / "prog")
+    bd.load(tmp_path / "prog")
 
 
 def test_atomic_save(tmp_path, monkeypatch):
   old = _program()
-  pg.save(old, tmp_path / "prog")
+  bd.save(old, tmp_path / "prog")
   new = dataclasses.replace(old, arrays=old.arrays | {"norm_mlgru": -old.arrays["norm_mlgru"]})
   calls = []
 
@@ -289,17 +290,17 @@ def test_atomic_save(tmp_path, monkeypatch):
       raise OSError("disk full")
     np.save(path, a)
 
-  monkeypatch.setattr(pg, "_write_npy", failing)
+  monkeypatch.setattr(bd, "_write_npy", failing)
   with pytest.raises(OSError, match="disk full"):
-    pg.save(new, tmp_path / "prog")
+    bd.save(new, tmp_path / "prog")
   monkeypatch.undo()
   np.testing.assert_array_equal(
-    pg.load(tmp_path / "prog").weights("norm_mlgru"), old.arrays["norm_mlgru"]
+    bd.load(tmp_path / "prog").weights("norm_mlgru"), old.arrays["norm_mlgru"]
   )
   assert sorted(f.name for f in tmp_path.iterdir()) == ["prog"]  # no temporary left behind
-  pg.save(new, tmp_path / "prog")  # a complete save replaces the bundle
+  bd.save(new, tmp_path / "prog")  # a complete save replaces the bundle
   np.testing.assert_array_equal(
-    pg.load(tmp_path / "prog").weights("norm_mlgru"), new.arrays["norm_mlgru"]
+    bd.load(tmp_path / "prog").weights("norm_mlgru"), new.arrays["norm_mlgru"]
   )
   assert sorted(f.name for f in tmp_path.iterdir()) == ["prog"]
 
@@ -308,7 +309,7 @@ def test_save_refuses_to_replace_other_directories(tmp_path):
   (tmp_path / "run").mkdir()
   (tmp_path / "run" / "config.json").write_text("{}")
   with pytest.raises(FileExistsError, match="not a program bundle"):
-    pg.save(_program(), tmp_path / "run")
+    bd.save(_program(), tmp_path / "run")
   assert (tmp_path / "run" / "config.json").exists()
 
 

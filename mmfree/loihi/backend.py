@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmfree.loihi import emulate, program
+from mmfree.loihi import bundle_io, emulate
 from mmfree.loihi.lava.network import ERROR
 
 LAVA = "lava-nc==0.10.0"
@@ -94,7 +94,7 @@ def _create(venv: Path, log) -> Path:
 
 def run_emulator(bundle: Path, tokens: list[int], max_new_tokens: int) -> tuple:
   """(emulate.Result with outputs recorded, seconds)."""
-  emu = emulate.Emulator(program.load(bundle))
+  emu = emulate.Emulator(bundle_io.load(bundle))
   t0 = time.perf_counter()
   r = emu.run([tokens], max_new_tokens, record=True)
   return r, {"run": time.perf_counter() - t0}
@@ -139,7 +139,7 @@ def run_lava(bundle: Path, tokens: list[int], max_new_tokens: int, venv: Path = 
     outputs = {k[4:]: z[k][None] for k in z.files if k.startswith("out/")}
     seconds = json.loads((work / "result.json").read_text())["seconds"]
     seconds["total"] = time.perf_counter() - t0
-    prog = program.load(bundle)
+    prog = bundle_io.load(bundle)
     tokens_1xT = np.asarray([tokens])
     activity = emulate.Emulator(prog).activity(outputs)
     r = emulate.Result(tokens_1xT, z["new"][None], z["logits"][None], outputs, activity)

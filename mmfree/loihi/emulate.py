@@ -61,7 +61,7 @@ def _sub(p: dict, prefix: str) -> dict:
 
 
 class Emulator:
-  """Runs `program` (see `program.load`); `step` advances every population by one token."""
+  """Runs `program` (see `bundle_io.load`); `step` advances every population by one token."""
 
   def __init__(self, program: Program):
     self.p = program
@@ -83,8 +83,8 @@ class Emulator:
 
   def row_nnz(self, synapses: str) -> np.ndarray:
     """Non-zero weights out of each source neuron: the synaptic operations its message costs."""
-    if synapses not in self._row_nnz:
-      self._row_nnz[synapses] = np.count_nonzero(self.weights(synapses), axis=1)
+    if synapses not in self._row_nnz:  # from the int8 weights: counting needs no matmul copy
+      self._row_nnz[synapses] = np.count_nonzero(self.p.weights(synapses), axis=1)
     return self._row_nnz[synapses]
 
   def reset(self, batch: int):
@@ -110,17 +110,17 @@ class Emulator:
   def activity(self, outputs: dict) -> dict:
     """Activity per population and step, as `run` counts it, from outputs another backend
     recorded: {population or HOST: integers [B, steps, n]}."""
-    steps = outputs[HOST].shape[1]
+    q_by_step = [{k: v[:, t] for k, v in outputs.items()} for t in range(outputs[HOST].shape[1])]
     act = {}
     for pop in self.p.populations:
-      rows = [self.counts(pop, {k: v[:, t] for k, v in outputs.items()}, outputs[pop.name][:, t])
-              for t in range(steps)]  # fmt: skip
+      rows = [self.counts(pop, q, q[pop.name]) for q in q_by_step]
       act[pop.name] = dict(zip(ACTIVITY, np.asarray(rows, np.int64).T, strict=True))
     return act
 
   def step(self, tokens_B) -> tuple[dict, dict]:
     """(outputs {population: Msg}, activity {population: (synops, messages, updates)})."""
     out = {HOST: self.embed(tokens_B)}
+    q = {HOST: out[HOST].q}  # the integers alone, for the counts
     activity = {}
     for pop in self.p.populations:
       ports = {}
@@ -132,8 +132,8 @@ class Emulator:
         prev = ports.get(s.port)
         ports[s.port] = Msg(acc if prev is None else prev.q + acc, m.frac)
       y = KINDS[pop.kind](self, pop, ports)
-      out[pop.name] = y
-      activity[pop.name] = self.counts(pop, {k: m.q for k, m in out.items()}, y.q)
+      out[pop.name], q[pop.name] = y, y.q
+      activity[pop.name] = self.counts(pop, q, y.q)
     return out, activity
 
   def run(self, tokens_BxT, max_new_tokens: int = 0, record: bool = False) -> Result:

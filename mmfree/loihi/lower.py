@@ -22,7 +22,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from mmfree.loihi import fixed, neurons, program, ranges
+from mmfree.loihi import bundle_io, fixed, neurons, program, ranges
 from mmfree.loihi.program import HOST, Population, Program, Synapses
 from mmfree.models.config import ModelConfig
 from mmfree.models.lm import lower_bounds
@@ -241,7 +241,7 @@ def lower_run(run_dir: Path, out: Path | None = None, lm_head: str = "chip") -> 
   qcfg, scales = calibrate.load(run_dir)
   prog = lower(params, cfg, qcfg, scales, lm_head=lm_head, source=str(run_dir))
   del params
-  out = program.save(prog, out or run_dir / PROGRAM)
+  out = bundle_io.save(prog, out or run_dir / PROGRAM)
   if (tok := load_tokenizer(run_dir)) is not None:  # the host's: prompts in, text out
     tok.save(out)
   return out

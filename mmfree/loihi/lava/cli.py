@@ -1,7 +1,7 @@
 """The Lava environment's entry point: `python -m mmfree.loihi.lava.cli REQUEST.json`.
 
 The request: {"bundle", "tokens", "max_new_tokens", "work", "hardware"}. Writes `work/result.npz`
-(tokens, new, logits, and each population's outputs by token under `out/<name>`) and
+(new, logits, and each population's outputs by token under `out/<name>`) and
 `work/result.json` (seconds). On any error it prints the traceback and exits at once with status 1,
 without stopping Lava (a stop after a failed run can hang): the caller kills the process group.
 """
@@ -22,7 +22,7 @@ def main(argv: list[str]):
   work = Path(req["work"])
   r = network.run(Path(req["bundle"]), req["tokens"], req["max_new_tokens"], work,
                   req.get("hardware", False))  # fmt: skip
-  arrays = {"tokens": r.tokens, "new": r.new, "logits": r.logits}
+  arrays = {"new": r.new, "logits": r.logits}
   arrays |= {f"out/{k}": v for k, v in r.outputs.items()}
   np.savez(work / "result.npz", **arrays)
   (work / "result.json").write_text(json.dumps({"seconds": r.seconds}))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmfree.loihi import emulate, program
+from mmfree.loihi import bundle_io, emulate, program
 from mmfree.loihi.program import HOST, Program
 
 ERROR = "error.txt"  # a failed neuron model's traceback, in the work directory
@@ -37,12 +37,11 @@ def plan(p: Program, embed_frac: int) -> Plan:
   """Depths and per-port delays; refuses a port whose inputs would arrive at different times."""
   depth, delays, fracs, exps = {HOST: 0}, {}, {}, {}
   for pop in p.populations:
-    arrive, src_of = {}, {}
+    arrive = {}
     for s in p.fan_in(pop.name):
       t = depth[s.source] + 1  # Dense: one timestep later
       if arrive.setdefault(s.port, t) != t:
         raise ValueError(f"{pop.name}: port {s.port!r} sums inputs of different depths")
-      src_of[s.port] = s.source
       source = p.population(s.source) if s.source != HOST else None
       frac = embed_frac if source is None else emulate.out_frac(source)
       if frac is None:  # a per-token exponent, straight from the source
@@ -59,7 +58,6 @@ def plan(p: Program, embed_frac: int) -> Plan:
 
 @dataclasses.dataclass
 class Run:
-  tokens: np.ndarray  # [steps] every token consumed
   new: np.ndarray  # [N] greedy continuation
   logits: np.ndarray  # [steps, V] float32
   outputs: dict  # population or HOST -> int64 [steps, n]
@@ -147,7 +145,7 @@ def run(bundle: Path, tokens: list[int], max_new_tokens: int, work: Path,
   from lava.magma.core.run_conditions import RunSteps
 
   t0 = time.perf_counter()
-  prog = program.load(bundle)
+  prog = bundle_io.load(bundle)
   host = emulate.Emulator(prog)  # the host's part: embedding rows in, the lm_head when it is host's
   pl = plan(prog, host.embed_fmt[0])
   T, D = len(tokens), pl.pipeline
@@ -181,6 +179,5 @@ def run(bundle: Path, tokens: list[int], max_new_tokens: int, work: Path,
   idx = np.asarray(entries) - 1
   outputs = {name: np.asarray(r[idx]) for name, r in rec.out.items()}
   outputs[HOST] = np.asarray(rec.rows[idx], np.int64)
-  return Run(np.asarray(list(tokens) + new[: len(entries) - T], np.int64),
-             np.asarray(new, np.int64), np.stack([logits(e) for e in entries]), outputs,
+  return Run(np.asarray(new, np.int64), np.stack([logits(e) for e in entries]), outputs,
              {"build": built - t0, "run": run_s, "timesteps": done})  # fmt: skip

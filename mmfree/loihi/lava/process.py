@@ -26,7 +26,7 @@ from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
-from mmfree.loihi import emulate, program
+from mmfree.loihi import bundle_io, emulate
 
 PORTS = ("x", "a", "b", "f", "i", "g", "gate", "up")  # every port a neuron kind reads
 SPIKE = 24  # graded-spike payload bits (Lava's messages)
@@ -102,7 +102,7 @@ class PyNeuronsModel(PyLoihiProcessModel):
   def __init__(self, proc_params):
     super().__init__(proc_params)
     p = proc_params
-    self.emu = emulate.Emulator(program.load(p["bundle"]))
+    self.emu = emulate.Emulator(bundle_io.load(p["bundle"]))
     self.emu.reset(1)
     self.pop = self.emu.p.population(p["name"])
     self.kind = emulate.KINDS[self.pop.kind]
