@@ -157,6 +157,11 @@ def inv_sqrt_int(v, in_frac_bits=12, out_frac_bits=12, out_bits=24, iterations=3
   return xp.where(v == 0, top, y)
 
 
+def rms_sum_sq_mag_bits(D, x_bits, sq_shift):
+  """log2 of the largest |Σ (x² >> sq_shift)| over D inputs of x_bits bits."""
+  return math.log2(D) + 2 * x_bits - 2 - sq_shift
+
+
 def rms_sq_shift(x_bits, D):
   """The smallest pre-shift of the squares keeping the sum of D of them within 2^30."""
   return next(s for s in range(2 * x_bits) if D * ((1 << (2 * x_bits - 2)) >> s) <= 1 << 30)
@@ -207,7 +212,7 @@ def rmsnorm_int(
   D = x.shape[-1]
   sq_shift = rms_sq_shift(x_bits, D) if sq_shift is None else sq_shift
   eps_q = operator.index(eps_q)
-  check_magnitude(f"sum of {D} squares >> {sq_shift}", math.log2(D) + 2 * x_bits - 2 - sq_shift)
+  check_magnitude(f"sum of {D} squares >> {sq_shift}", rms_sum_sq_mag_bits(D, x_bits, sq_shift))
   check_magnitude(f"D·eps_q = {D}·{eps_q}", math.log2(max(D * eps_q, 1)) + 1)
   h, k, c = _sqrt_const(D)
   sq = shift_right(x * x, sq_shift, rounding)

@@ -9,7 +9,7 @@ such rows are counted as saturating. Anything else is an error of the lowering. 
 
 import math
 
-from mmfree.loihi import hardware
+from mmfree.loihi import hardware, neurons
 from mmfree.loihi.program import HOST, Csr, Program
 
 # Ports whose accumulator the target rescales (β and the input exponent), with the params prefix.
@@ -76,8 +76,7 @@ def _rescale(pop: str, port: str, acc: tuple, p: dict, prefix: str) -> list[dict
 def _kind_rows(program: Program, q) -> list[dict]:
   p, rows = q.params, []
   if q.kind in ("rmsnorm", "bitlinear_in", "g_norm"):
-    D = q.size
-    sq = math.log2(D) + 2 * p["norm_x_bits"] - 2 - p["norm_sq_shift"]
+    sq = neurons.rms_sum_sq_mag_bits(q.size, p["norm_x_bits"], p["norm_sq_shift"])
     rows.append(_row(q.name, "sum of squares", math.ceil(sq) + 1, INT32 - 1))
   if q.kind == "mlgru":
     rows.append(_row(q.name, "state h", INT32, q.state_bits["h"], saturates=True))
