@@ -7,7 +7,10 @@
 Every point starts from runs/tiny's weights (`train.init_from`; another trained run or imported
 checkpoint: `--config.train.init_from=DIR`). Post-training points take them as they are
 (`train.steps=0`), calibrate (16 batches, min-max, frozen scales) and evaluate `bitnet` and `hw`
-on the held-out text. One choice changes per point, from the 8-bit default (power-of-two scales,
+on the held-out text; then each point is lowered, checked bit-exact against its `hw` model, and
+measured (64 held-out tokens plus 8 generated through the emulator, then the Loihi 2 cost model),
+so `mmfree report` and `notebooks/accuracy_vs_energy.ipynb` show accuracy against predicted
+energy per point. One choice changes per point, from the 8-bit default (power-of-two scales,
 per-token BitLinear inputs, 16-bit state, 8-entry LUTs, integer RMSNorm, SiLU). QAT points
 fine-tune at `hw` for 100 steps; the `bitnet` control fine-tunes as long without the quantizers,
 so the QAT gain is not mistaken for more training.
@@ -33,7 +36,7 @@ QAT = {"model.precision": "hw", "train.steps": 100, "train.lr": 5e-4, "train.war
 
 def get_config(arg: str = "default"):
   c = configs.base_config("small")
-  c.stages = ("train", "calibrate", "eval")
+  c.stages = ("train", "calibrate", "eval", "lower", "emulate", "measure")
   c.eval.precisions = ("bitnet", "hw")
   if arg == "smoke":  # trains its own tiny model: no base run needed
     c.model.hidden_size = 32
@@ -47,6 +50,8 @@ def get_config(arg: str = "default"):
     c.train.eval_windows = 4
     c.eval.max_windows = 4
     c.eval.calib_batches = 2
+    c.loihi.check_tokens = c.loihi.measure_tokens = 16
+    c.loihi.new_tokens = 2
   elif arg == "default":
     c.train.init_from = BASE
     c.train.steps = 0

@@ -17,9 +17,14 @@ def _experiment(spec: str | None, extra: list[str]):
 
 
 def cmd_run(args, extra):
+  from mmfree import configs, results
   from mmfree.run import run_experiment
 
   run_experiment(_experiment(args.spec, extra), Path(args.workdir))
+  print(results.summary(Path(args.workdir)))
+  report = configs.report_hook(args.spec)
+  if report is not None:  # the experiment's own comparison (published figures, say)
+    print(report(Path(args.workdir)))
 
 
 def cmd_train(args, extra):
@@ -162,56 +167,80 @@ def cmd_lower(args, extra):
   print(mapping.report(mapping.place(prog)))
 
 
-def _run_bundle(args, backend: str, out_name: str):
-  """Run a bundle on a prompt with `backend`; print text, speed and activity; write JSON."""
+def _prompt(bundle: Path, text: str) -> tuple:
+  """(tokenizer, token ids of `text` with BOS) of a bundle."""
   from mmfree.data.tokenizers import load_tokenizer
-  from mmfree.files import write_json
-  from mmfree.loihi import backend as backends
-  from mmfree.loihi import emulate
 
-  bundle = Path(args.bundle)
   tok = load_tokenizer(bundle)
   if tok is None:
     raise ValueError(f"{bundle} has no tokenizer files: lower it again from its run directory")
-  prompt = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(args.prompt)
-  if backend == "lava":
-    result, seconds = backends.run_lava(bundle, prompt, args.max_new_tokens, Path(args.venv),
-                                        args.timeout, args.hardware)  # fmt: skip
-  else:
-    result, seconds = backends.run_emulator(bundle, prompt, args.max_new_tokens)
-  new = [int(t) for t in result.new[0]]
-  steps = result.logits.shape[1]  # every token the program consumed
-  print(args.prompt + tok.decode(new))
-  print(f"({steps} tokens through the program in {seconds['run']:.1f} s, "
-        f"{steps / seconds['run']:.1f} tokens/s in the {backend})")  # fmt: skip
-  totals = {k: {n: int(v.sum()) for n, v in a.items()} for k, a in result.activity.items()}
-  per_token = {n: sum(t[n] for t in totals.values()) / steps for n in emulate.ACTIVITY}
-  print("per token: " + ", ".join(f"{v:,.0f} {k}" for k, v in per_token.items()))
-  report = {"backend": backend, "prompt": prompt, "new": new, "tokens": steps,
-            "seconds": seconds, "per_token": per_token, "by_population": totals,
-            "per_step": {k: {n: v.tolist() for n, v in a.items()}
-                         for k, a in result.activity.items()}}  # fmt: skip
-  if getattr(args, "verify", False) and backend != "emulator":
-    ref, _ = backends.run_emulator(bundle, prompt, args.max_new_tokens)
-    bad = backends.mismatches(result, ref)
-    if bad:
-      raise ValueError(f"{backend} differs from the emulator at: {', '.join(bad[:10])}")
-    n = len(result.outputs) - 1  # the host's input is not a population
-    print(f"bit-exact with the emulator: {n} populations x {steps} tokens, logits, new tokens")
-    report["verified"] = True
-  out = Path(args.out) if args.out else bundle / out_name
-  write_json(out, report)
-  print(f"wrote {out}")
+  return tok, ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(text)
+
+
+def _bundle_of(path: str) -> Path:
+  """A bundle directory, or a run directory's `program/`."""
+  from mmfree.loihi import lower, program
+
+  path = Path(path)
+  if not (path / program.MANIFEST).is_file() and (path / lower.PROGRAM).is_dir():
+    return path / lower.PROGRAM
+  return path
 
 
 def cmd_emulate(args, extra):
+  from mmfree import measure
+  from mmfree.files import write_json
+  from mmfree.loihi import emulate
+
   _only(extra)
-  _run_bundle(args, "emulator", "emulate.json")
+  bundle = _bundle_of(args.bundle)
+  tok, prompt = _prompt(bundle, args.prompt)
+  result, seconds = measure.run_bundle(bundle, prompt, args.max_new_tokens)
+  new, steps = [int(t) for t in result.new[0]], result.logits.shape[1]
+  print(args.prompt + tok.decode(new))
+  print(f"({steps} tokens through the program in {seconds['run']:.1f} s, "
+        f"{steps / seconds['run']:.1f} tokens/s in the emulator)")  # fmt: skip
+  totals = measure.activity_totals(result)
+  per_token = {k: sum(t[k] for t in totals.values()) / steps for k in emulate.ACTIVITY}
+  print("per token: " + ", ".join(f"{v:,.0f} {k}" for k, v in per_token.items()))
+  out = Path(args.out) if args.out else bundle / measure.EMULATE
+  write_json(out, {"prompt": prompt, "new": new, "tokens": steps, "seconds": seconds,
+                   "per_token": per_token, "by_population": totals})  # fmt: skip
+  print(f"wrote {out}")
 
 
 def cmd_measure(args, extra):
+  from mmfree import measure
+  from mmfree.files import write_json
+
   _only(extra)
-  _run_bundle(args, args.backend, "measure.json")
+  if args.fit:
+    return _fit(args)
+  if not args.bundle:
+    raise ValueError("measure needs a bundle or run directory (or --fit ROWS)")
+  bundle = _bundle_of(args.bundle)
+  tok, prompt = _prompt(bundle, args.prompt)
+  r = measure.measure(bundle, prompt, args.max_new_tokens, args.constants, backend=args.backend,
+                      venv=Path(args.venv), timeout=args.timeout, chip=args.hardware,
+                      verify=args.verify)  # fmt: skip
+  print(args.prompt + tok.decode(r["new"]))
+  if r["verified"]:
+    print(f"bit-exact with the emulator: every population x {r['tokens']} tokens, logits, "
+          "new tokens")  # fmt: skip
+  print(measure.table(r))
+  out = Path(args.out) if args.out else measure.report_path(bundle)
+  write_json(out, r)
+  print(f"wrote {out}")
+
+
+def _fit(args):
+  from mmfree.loihi import fit
+
+  out = Path(args.out or "constants.fitted.json")
+  free = tuple(args.free.split(",")) if args.free else fit.FREE
+  rows = fit.fit_file(Path(args.fit), out, free, args.constants)
+  print(fit.table(rows))
+  print(f"wrote {out}: use it with --constants {out} (or loihi.constants in an experiment)")
 
 
 def cmd_lava_setup(args, extra):
@@ -219,6 +248,12 @@ def cmd_lava_setup(args, extra):
 
   _only(extra)
   backend.setup(Path(args.venv))
+
+
+PROMPT = (
+  "The interpreter reads a program one statement at a time, and each statement may call "
+  "functions defined in other modules."
+)  # a sentence in the embedded corpus's style
 
 
 def parser() -> argparse.ArgumentParser:
@@ -287,22 +322,29 @@ def parser() -> argparse.ArgumentParser:
   lw.set_defaults(fn=cmd_lower)
 
   em = sub.add_parser("emulate", help="run a program bundle token by token (exact integers)")
-  em.add_argument("bundle", help="a program bundle directory (mmfree lower)")
+  em.add_argument("bundle", help="a program bundle directory (mmfree lower) or its run directory")
   em.add_argument("--prompt", default="The")
   em.add_argument("--max-new-tokens", type=int, default=32)
   em.add_argument("--out", default=None, help="activity JSON (default BUNDLE/emulate.json)")
   em.set_defaults(fn=cmd_emulate)
 
-  ms = sub.add_parser("measure", help="run a program bundle on a backend; activity per step")
-  ms.add_argument("bundle", help="a program bundle directory (mmfree lower)")
+  ms = sub.add_parser(
+    "measure", help="a bundle's activity on a backend through the Loihi 2 cost model; --fit "
+    "fits the cost model's constants to measured rows")  # fmt: skip
+  ms.add_argument("bundle", nargs="?", help="a program bundle or the run directory holding it")
   ms.add_argument("--backend", choices=("emulator", "lava"), default="emulator")
-  ms.add_argument("--prompt", default="The")
+  ms.add_argument("--prompt", default=PROMPT)
   ms.add_argument("--max-new-tokens", type=int, default=16)
+  ms.add_argument("--constants", default=None, help="hardware constants file (JSON or TOML)")
   ms.add_argument("--verify", action="store_true", help="check every integer against the emulator")
   ms.add_argument("--hardware", action="store_true", help="Lava on a Loihi 2 (needs lava-loihi)")
   ms.add_argument("--venv", default=".venv-lava", help="the Lava environment (mmfree lava setup)")
   ms.add_argument("--timeout", type=float, default=1800, help="seconds before Lava is killed")
-  ms.add_argument("--out", default=None, help="report JSON (default BUNDLE/measure.json)")
+  ms.add_argument("--fit", default=None, help="measured rows (JSON or CSV: run, tokens_per_s, "
+                  "mj_per_token[, phase]) to fit the constants to")  # fmt: skip
+  ms.add_argument("--free", default=None, help="comma-separated constants the fit may change")
+  ms.add_argument("--out", default=None, help="report JSON (default RUN/measure.json); with "
+                  "--fit, the fitted constants file (default constants.fitted.json)")  # fmt: skip
   ms.set_defaults(fn=cmd_measure)
 
   lv = sub.add_parser("lava", help="the Lava environment")

@@ -20,12 +20,13 @@ from ml_collections import config_dict
 
 from mmfree.data.sources import DataConfig
 from mmfree.evaluate import EvalConfig
+from mmfree.measure import LoihiConfig
 from mmfree.models.config import PRESETS, ModelConfig
 from mmfree.quant.config import QuantConfig
 from mmfree.train.loop import TrainConfig
 from mmfree.train.tracking import TrackingConfig
 
-STAGES = ("train", "calibrate", "eval")  # every stage, in the order they run
+STAGES = ("train", "calibrate", "eval", "lower", "emulate", "measure")  # in the order they run
 DEFAULT_STAGES = ("train", "eval")
 # Filled in from the tokenizer at train time, so they may differ from what the config asked.
 DERIVED = ("model.vocab_size", "model.bos_token_id", "model.eos_token_id")
@@ -57,6 +58,7 @@ def base_config(preset: str = "small") -> ml_collections.ConfigDict:
   c.tracking = section(TrackingConfig)
   c.quant = section(QuantConfig)
   c.eval = section(EvalConfig)
+  c.loihi = section(LoihiConfig)
   c.stages = DEFAULT_STAGES
   return c
 
@@ -72,6 +74,7 @@ class Experiment:
   stages: tuple[str, ...]
   quant: QuantConfig = QuantConfig()
   eval: EvalConfig = EvalConfig()
+  loihi: LoihiConfig = LoihiConfig()
   spec: str = ""
   overrides: dict = dataclasses.field(default_factory=dict)
 
@@ -84,7 +87,8 @@ class Experiment:
 
 
 SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig,
-            "tracking": TrackingConfig, "quant": QuantConfig, "eval": EvalConfig}  # fmt: skip
+            "tracking": TrackingConfig, "quant": QuantConfig, "eval": EvalConfig,
+            "loihi": LoihiConfig}  # fmt: skip
 
 
 def as_tuples(d: dict) -> dict:
@@ -179,6 +183,12 @@ def load_experiment(spec: str, overrides: dict | None = None) -> Experiment:
   if not isinstance(cfg, ml_collections.ConfigDict):
     raise ValueError(f"{path}: get_config must return an ml_collections.ConfigDict")
   return to_experiment(apply_overrides(cfg, overrides or {}), str(spec), overrides)
+
+
+def report_hook(spec: str):
+  """The experiment's optional `report(run_dir) -> str`, printed after `mmfree run`."""
+  path, _ = split_spec(spec)
+  return getattr(_load_module(path), "report", None)
 
 
 def load_sweep(spec: str) -> list[dict]:

@@ -17,8 +17,24 @@ if TYPE_CHECKING:  # imported on use: every `mmfree` command builds this module'
 
 OUTPUTS = ("eval", "measure")  # stage outputs `<stage>.json`, flattened to `<stage>.*` columns
 KEY_METRICS = ("steps", "loss", "val_loss", "val_ppl", "val_bpb")
+ENERGY = ("measure.generation.tokens_per_s", "measure.generation.mj_per_token")
 EVAL_METRICS = ("loss", "bpb", "saturation_pct")  # of eval.json, per precision: `eval.hw.loss`
 _SKIP = ("experiment.overrides",)  # repeated in the config sections themselves
+# measure.json's detail (per core, population, layer and step) stays in the file: not columns
+_DETAIL = tuple(
+  f"measure.{k}"
+  for k in (
+    "workload",
+    "activity",
+    "by_population",
+    "by_layer",
+    "constants",
+    "per_step",
+    "prompt",
+    "new",
+    "loihi",
+  )
+)
 _SCALARS_ONLY = ("data_info.",)  # nested blobs here (corpus metadata) are not comparisons
 _MAX_LIST = 16
 
@@ -74,7 +90,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
   for k, v in d.items():
     key = f"{prefix}{k}"
     nested = isinstance(v, dict | list)
-    if key in _SKIP or (nested and key.startswith(_SCALARS_ONLY)):
+    if key in _SKIP or key in _DETAIL or (nested and key.startswith(_SCALARS_ONLY)):
       continue
     if isinstance(v, dict):
       out |= _flatten(v, key + ".")
@@ -111,11 +127,37 @@ def to_markdown(df: "pd.DataFrame", columns=None) -> str:
     config = [c for c in df.columns if "." in c and c.split(".")[0] not in OUTPUTS]
     varying = [c for c in config if df[c].dropna().astype(str).nunique() > 1]
     evals = [c for m in EVAL_METRICS for c in df if c.startswith("eval.") and c.endswith("." + m)]
-    columns = ["name", "status", *varying, *[c for c in KEY_METRICS if c in df], *evals]
+    energy = [c for c in ENERGY if c in df]
+    columns = ["name", "status", *varying, *[c for c in KEY_METRICS if c in df], *evals, *energy]
   unknown = [c for c in columns if c not in df]
   if unknown:
     raise ValueError(f"no columns {unknown}; there are {list(df.columns)}")
   return df[list(columns)].to_markdown(index=False, floatfmt=".4g", missingval="")
+
+
+def summary(run_dir: Path) -> str:
+  """Markdown: accuracy per precision level and, for the `hw` level (the one a Loihi 2 program
+  runs), the predicted throughput, energy and latency per token."""
+  run_dir = Path(run_dir)
+  evals = sweep.read_json(run_dir / "eval.json") or {}
+  m = sweep.read_json(run_dir / "measure.json")
+  levels = list(evals) + (["hw"] if m and "hw" not in evals else [])
+  head = (
+    "| precision | val loss | ppl | bits/byte | Loihi 2 tokens/s | mJ/token | prefill tokens/s "
+  )
+  lines = [head + "| TTFT 500 tokens |", "|---|" + "---:|" * 7]
+  for level in levels:
+    e = evals.get(level, {})
+    acc = [f"{e[k]:.4g}" if e.get(k) is not None else "" for k in ("loss", "ppl", "bpb")]
+    hw = ["", "", "", ""]
+    if level == "hw" and m:
+      g, p = m["generation"], m["prefill"]
+      hw = [f"{g['tokens_per_s']:,.1f}", f"{g['mj_per_token']:.4g}",
+            f"{p['tokens_per_s']:,.0f}", f"{m['ttft_ms']['500']:.3g} ms"]  # fmt: skip
+    elif level != "hw":
+      hw[0] = "not a Loihi program (float activations)"
+    lines.append(f"| {level} | " + " | ".join(acc + hw) + " |")
+  return "\n".join(lines) if levels else ""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

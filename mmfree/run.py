@@ -1,7 +1,8 @@
 """`mmfree run`: an experiment's stages in order, each skipped when its outputs are complete.
 
 The run directory is the unit of work: `config.json` (the resolved config), `status.json`,
-`metrics.jsonl`, `checkpoints/`, `eval.json`. Rerunning the same command resumes.
+`metrics.jsonl`, `checkpoints/`, `quant/`, `eval.json`, `program/`, `emulate.json`, `measure.json`.
+Rerunning the same command resumes.
 """
 
 import contextlib
@@ -11,7 +12,7 @@ import signal
 import threading
 from pathlib import Path
 
-from mmfree import configs
+from mmfree import configs, measure
 from mmfree.configs import Experiment
 from mmfree.data.sources import load_data
 from mmfree.files import STATUS, exclusive, write_json
@@ -71,7 +72,8 @@ def model_config(exp: Experiment, vocab_size: int, tokenizer):
     return cfg
   bos = getattr(tokenizer, "bos_id", None)
   eos = getattr(tokenizer, "eos_id", None)
-  return exp.model.replace(vocab_size=vocab_size, bos_token_id=bos, eos_token_id=eos)
+  vocab = max(vocab_size, exp.train.vocab_size)  # e.g. the published checkpoints' 32000
+  return exp.model.replace(vocab_size=vocab, bos_token_id=bos, eos_token_id=eos)
 
 
 def stage_train(exp: Experiment, run_dir: Path):
@@ -146,7 +148,9 @@ def stage_eval(exp: Experiment, run_dir: Path):
     print(f"eval {precision}: " + ", ".join(f"{k} {v:.4g}" for k, v in figures.items()))
 
 
-STAGES = {"train": stage_train, "calibrate": stage_calibrate, "eval": stage_eval}
+STAGES = {"train": stage_train, "calibrate": stage_calibrate, "eval": stage_eval,
+          "lower": measure.stage_lower, "emulate": measure.stage_emulate,
+          "measure": measure.stage_measure}  # fmt: skip
 
 
 def run_experiment(exp: Experiment, run_dir: Path, stages: tuple[str, ...] | None = None):

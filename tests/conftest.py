@@ -18,3 +18,16 @@ def calibrated_run(tmp_path_factory):
         "--config.model.num_hidden_layers=2"])  # fmt: skip
   main(["quantize", "calibrate", str(d), "--batches", "4", "--seq-len", "32"])
   return d
+
+
+@pytest.fixture(scope="session")
+def measured_sweep(tmp_path_factory):
+  """experiments/quant_ablation.py:smoke swept end to end (2 points, each trained, calibrated,
+  evaluated at `bitnet` and `hw`, lowered, checked bit-exact and measured): about 90 s."""
+  from mmfree.sweep import run_sweep
+
+  d = tmp_path_factory.mktemp("sweep") / "quant_ablation"
+  spec = str(Path(__file__).parent.parent / "experiments/quant_ablation.py:smoke")
+  counts = run_sweep(spec, d, 2)
+  assert counts["failed"] == 0 and counts["done"] == 2, counts
+  return d

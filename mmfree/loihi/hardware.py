@@ -1,15 +1,17 @@
 """Loihi 2 resource constants, each a value with its unit and source (standard library only).
 
-`DEFAULT` is a single Loihi 2 chip as the mapper sees it. `load_overrides` replaces constants from a
-JSON file, so a user with other figures (or a measured chip) changes numbers, not code. Values that
-no source gives are labelled "assumption" in their source. Groups are frozen dataclasses of
-`Constant`s; a new group (per-operation time and energy, say) is one more field of `Hardware`, and
-overrides and `constants()` pick it up by name.
+`DEFAULT` is Loihi 2 as the mapper and the cost model see it. `load_overrides` replaces constants
+from a JSON or TOML file (`mmfree measure --fit` writes one), so a user with other figures or a
+measured chip changes numbers, not code. Each source says whether the value is published, derived
+(arithmetic on published figures, shown in `docs/loihi_cost_sources.md`), a Loihi 1 fallback where
+no Loihi 2 figure is published, or an "assumption" that no source gives. Groups are frozen
+dataclasses of `Constant`s; overrides and `constants()` find them by dotted name.
 """
 
 import dataclasses
 import json
 import math
+import tomllib
 from pathlib import Path
 
 BRIEF = "Intel, Loihi 2 technology brief (2021)"
@@ -18,6 +20,21 @@ HALA_POINT = "Intel, Hala Point announcement (2024)"
 LLM_PAPER = "arXiv:2503.18002 (8-bit weights, 24-bit activations)"
 SPEC = "spec/loihi2.md"
 PRESS = "Loihi 2 launch press coverage (2021), reference/published_figures.json"
+DAVIES = "Davies et al. 2018, IEEE Micro 38(1), Table 2 (Loihi 1, pre-silicon, 0.75 V)"
+FRADY = "Frady et al. 2020, NICE, Pohoiki Springs (Loihi 1, measured)"
+LOIHI1 = "Loihi 1 fallback: no Loihi 2 figure is published"
+
+# Hala Point, the published Loihi 2 system (Intel, 2024): the only system-level Loihi 2 rates.
+HALA_CHIPS, HALA_CORES, HALA_POWER_W = 1152, 140_544, 2600.0
+HALA_SYNAPSES_PER_S, HALA_NEURON_OPS_PER_S = 380e12, 240e12
+# Loihi 1's relative costs (Davies 2018, Table 2): how Hala Point's power splits between kinds.
+L1_SYNOP_PJ, L1_UPDATE_PJ, L1_SPIKE_PJ, L1_HOP_PJ = 23.6, 81.0, 1.7, 3.5  # hop: mean of 3.0, 4.0
+# Hala Point's maximum power spent at its maximum rates, shared in Loihi 1's proportions:
+# R_s·E_s + R_n·(81/23.6)·E_s = P (an upper bound per operation: static power is in P too).
+_SYNOP_J = HALA_POWER_W / (HALA_SYNAPSES_PER_S + HALA_NEURON_OPS_PER_S * L1_UPDATE_PJ / L1_SYNOP_PJ)
+# Pohoiki Springs' barrier: 14.3 µs across 4+64 chip hops, 16.2 µs across 12+64 (Frady 2020).
+_BARRIER_HOP_S = (16.2e-6 - 14.3e-6) / ((12 + 64) - (4 + 64))
+MESSAGE_BYTES = 8  # assumption: 24-bit payload plus routing, padded to a 64-bit packet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,11 +76,33 @@ class Systems:
 
 
 @dataclasses.dataclass(frozen=True)
+class Time:
+  synop: Constant  # one core's time per synaptic operation
+  update: Constant  # one core's time per neuron update
+  message: Constant  # one core's time to send a graded spike
+  barrier: Constant  # end-of-timestep barrier within a chip
+  barrier_hop: Constant  # added to the barrier per chip-to-chip hop across the system
+  interchip: Constant  # a chip's link time per message leaving it
+  host: Constant  # host work per generated token (sampling, embedding lookup, I/O)
+
+
+@dataclasses.dataclass(frozen=True)
+class Energy:
+  synop: Constant
+  update: Constant
+  message: Constant  # a graded spike within a chip (send plus an average hop)
+  interchip: Constant  # a message crossing a chip boundary
+  static: Constant  # static power per chip
+
+
+@dataclasses.dataclass(frozen=True)
 class Hardware:
   core: CoreLimits
   chip: ChipLimits
   formats: Formats
   systems: Systems
+  time: Time
+  energy: Energy
 
 
 DEFAULT = Hardware(
@@ -89,8 +128,52 @@ DEFAULT = Hardware(
   systems=Systems(
     oheo_gulch=Constant(1, "chips", f"{BRIEF}; {SPEC}"),
     kapoho_point=Constant(8, "chips", f"{BRIEF}; {SPEC}"),
-    hala_point=Constant(1152, "chips", f"{HALA_POINT}; {SPEC}"),
+    hala_point=Constant(HALA_CHIPS, "chips", f"{HALA_POINT}; {SPEC}"),
   ),
+  time=Time(
+    synop=Constant(
+      HALA_CORES / HALA_SYNAPSES_PER_S,
+      "s",
+      f"derived: {HALA_POINT}, 140,544 cores / 380e12 8-bit synapses per s (a peak rate)",
+    ),
+    update=Constant(
+      HALA_CORES / HALA_NEURON_OPS_PER_S,
+      "s",
+      f"derived: {HALA_POINT}, 140,544 cores / 240e12 neuron operations per s (a peak rate)",
+    ),
+    message=Constant(2.1e-9, "s", f"{DAVIES}, within-tile spike latency; {LOIHI1}"),
+    barrier=Constant(465e-9, "s", f"{DAVIES}, mesh-wide barrier, 32 tiles; {LOIHI1}"),
+    barrier_hop=Constant(
+      _BARRIER_HOP_S, "s", f"derived: {FRADY}, (16.2 - 14.3) us / 8 more chip hops; {LOIHI1}"
+    ),
+    interchip=Constant(
+      MESSAGE_BYTES / (5e12 / HALA_CHIPS),
+      "s",
+      f"derived: {HALA_POINT}, 5 TB/s inter-chip over 1,152 chips, {MESSAGE_BYTES}-byte "
+      "messages (assumption)",
+    ),
+    host=Constant(0.0, "s", "assumption: host sampling overlaps the chip (not charged)"),
+  ),  # fmt: skip
+  energy=Energy(
+    synop=Constant(
+      _SYNOP_J,
+      "J",
+      f"derived: {HALA_POINT}, 2,600 W at 380e12 synapses/s and 240e12 neuron ops/s, split in "
+      f"the proportions of {DAVIES} (23.6 pJ synop : 81 pJ update); an upper bound",
+    ),
+    update=Constant(
+      _SYNOP_J * L1_UPDATE_PJ / L1_SYNOP_PJ, "J", "derived: as energy.synop, times 81 / 23.6"
+    ),
+    message=Constant(
+      _SYNOP_J * (L1_SPIKE_PJ + L1_HOP_PJ) / L1_SYNOP_PJ,
+      "J",
+      f"derived: energy.synop times (1.7 pJ spike + 3.5 pJ hop) / 23.6 pJ, {DAVIES}",
+    ),
+    interchip=Constant(
+      100e-12, "J", "assumption: no published figure for a Loihi (1 or 2) chip-to-chip message"
+    ),
+    static=Constant(3.34 / 32, "W", f"{FRADY}, 3.34 W static per 32-chip board; {LOIHI1}"),
+  ),  # fmt: skip
 )
 
 
@@ -118,6 +201,10 @@ def _flatten(obj: dict, prefix: str = "") -> dict:
   return out
 
 
+RATES = ("s", "J", "W")  # units of the cost model's constants
+FIT = "fit"  # a constants file's record of what it was fitted to (not a constant)
+
+
 def _override(name: str, old: Constant, new, source: str) -> Constant:
   spec = new if isinstance(new, dict) else {"value": new}
   if set(spec) - {"value", "unit", "source"}:
@@ -125,8 +212,10 @@ def _override(name: str, old: Constant, new, source: str) -> Constant:
   v, unit = spec["value"], spec.get("unit", old.unit)
   if unit != old.unit:
     raise ValueError(f"{name} is in {old.unit}, got {unit!r}: convert the value to {old.unit}")
-  if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
-    raise ValueError(f"{name} must be a positive number of {old.unit}, got {v!r}")
+  low = 0 if unit in RATES else 1e-300  # a time or an energy may be zero; a limit may not
+  if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < low:
+    kind = "non-negative" if low == 0 else "positive"
+    raise ValueError(f"{name} must be a {kind} number of {old.unit}, got {v!r}")
   if isinstance(old.value, int):
     if v != int(v):
       raise ValueError(f"{name} counts whole {old.unit}, got {v!r}")
@@ -152,17 +241,26 @@ def _replace_path(obj, path: list[str], value):
   return dataclasses.replace(obj, **{path[0]: child})
 
 
-def load_overrides(path, base: Hardware = DEFAULT) -> Hardware:
-  """`base` with the constants of a JSON file replaced; unknown names are refused."""
+def read_file(path) -> dict:
+  """A constants file as a dict: TOML by its `.toml` suffix, else JSON."""
   path = Path(path)
+  toml = path.suffix == ".toml"
   try:
-    obj = json.loads(path.read_text())
+    text = path.read_text()
+    obj = tomllib.loads(text) if toml else json.loads(text)
   except FileNotFoundError:
     raise FileNotFoundError(f"{path}: no such hardware overrides file") from None
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path}: not valid JSON ({e})") from None
+  except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+    raise ValueError(f"{path}: not valid {'TOML' if toml else 'JSON'} ({e})") from None
   if not isinstance(obj, dict):
     raise ValueError(f'{path}: expected a JSON object of constants, e.g. {{"core": {{...}}}}')
+  return obj
+
+
+def load_overrides(path, base: Hardware = DEFAULT) -> Hardware:
+  """`base` with the constants of a JSON or TOML file replaced; unknown names are refused. A
+  top-level `fit` table (what `mmfree measure --fit` fitted to) is a record, not a constant."""
+  obj = {k: v for k, v in read_file(path).items() if k != FIT}
   try:
     return replace(base, obj, source=f"override from {path}")
   except ValueError as e:

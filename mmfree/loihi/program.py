@@ -147,6 +147,14 @@ class Program:
     w = self.arrays[self.synapse(name).weights]
     return w.dense() if isinstance(w, Csr) else w
 
+  def depths(self) -> dict:
+    """Population -> timesteps after its token left the host: a synapse adds one."""
+    depth = {HOST: 0}
+    for q in self.populations:
+      depth[q.name] = max(depth[s.source] + 1 for s in self.fan_in(q.name))
+    del depth[HOST]
+    return depth
+
   def nnz(self, name: str) -> int:
     w = self.arrays[self.synapse(name).weights]
     return len(w.data) if isinstance(w, Csr) else int(np.count_nonzero(w))

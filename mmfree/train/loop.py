@@ -45,6 +45,7 @@ class TrainConfig:
   keep_checkpoints: int = 2
   seed: int = 0
   init_from: str = ""  # a run directory or Hugging Face checkpoint to fine-tune from
+  vocab_size: int = 0  # the model's vocabulary: 0 = the tokenizer's; more pads embedding and head
 
   def __post_init__(self):
     positive = ("batch_size", "seq_len", "grad_accum", "log_every", "eval_every",
@@ -54,11 +55,10 @@ class TrainConfig:
         raise ValueError(f"train.{name}={getattr(self, name)}: must be a positive integer")
     if self.warmup_steps < 0:
       raise ValueError(f"train.warmup_steps={self.warmup_steps}: must be >= 0")
-    if self.steps < 0 or (self.steps == 0 and not self.init_from):
-      raise ValueError(
-        f"train.steps={self.steps}: must be positive (0 only with train.init_from, to quantize "
-        "a trained model without training it)"
-      )
+    if self.steps < 0:  # 0 saves the initial weights: init_from's, or a random initialization
+      raise ValueError(f"train.steps={self.steps}: must be 0 or more")
+    if self.vocab_size < 0:
+      raise ValueError(f"train.vocab_size={self.vocab_size}: must be 0 (the tokenizer's) or more")
     if self.batch_size % self.grad_accum:
       raise ValueError(f"train.grad_accum={self.grad_accum} must divide train.batch_size")
 
@@ -161,7 +161,8 @@ def train(
   """Train into `run_dir`, resuming from its latest checkpoint; returns the final metrics.
 
   `hw` = (QuantConfig, scales) trains at the `hw` level (QAT). `train.steps=0` saves the initial
-  weights as step 0 (post-training quantization of `init_from` in a run directory of its own).
+  weights as step 0 (post-training quantization of `init_from` in a run directory of its own, or
+  a random initialization for hardware studies that need a model's shape, not its accuracy).
   """
   run_dir = Path(run_dir)
   if cfg.batch_size % (cfg.grad_accum * jax.device_count()):

@@ -35,7 +35,7 @@ class Plan:
 
 def plan(p: Program, embed_frac: int) -> Plan:
   """Depths and per-port delays; refuses a port whose inputs would arrive at different times."""
-  depth, delays, fracs, exps = {HOST: 0}, {}, {}, {}
+  depth, delays, fracs, exps = {HOST: 0, **p.depths()}, {}, {}, {}
   for pop in p.populations:
     arrive = {}
     for s in p.fan_in(pop.name):
@@ -49,7 +49,6 @@ def plan(p: Program, embed_frac: int) -> Plan:
         exps.setdefault(s.source, []).append((pop.name, s.port))
       else:
         fracs.setdefault(pop.name, {})[s.port] = frac
-    depth[pop.name] = max(arrive.values())
     delays[pop.name] = {port: depth[pop.name] - t for port, t in arrive.items()}
   del depth[HOST]
   exps = {k: list(dict.fromkeys(v)) for k, v in exps.items()}

@@ -1,0 +1,253 @@
+"""Loihi 2 latency, throughput and energy of a program, from its mapping and observed activity.
+
+The model (spec/loihi2.md, "The cost model"; constants in `hardware.py`):
+- Activity per token is what the emulator or Lava counted on real tokens, per population. A
+  population's cores share it: synaptic operations by their stored fan-in synapses, updates and
+  messages by their neurons (assumption: activity is even over a population's neurons).
+- A message is routed once to every core holding one of its targets; those on other chips also
+  cross a chip link.
+- A core's work per token: synops·t_synop + updates·t_update + routed messages·t_message. A
+  timestep lasts as long as its busiest core, plus its busiest chip link, plus the barrier (within
+  a chip, plus a hop time per chip-to-chip hop across the system's near-square mesh).
+- Generation: a token passes the pipeline alone, one timestep per depth level, each as long as that
+  level's busiest core; then the host samples. Prefill streams a token per timestep once the
+  pipeline is full, every level busy at once. TTFT(P) = (P - 1) prefill timesteps + one pass.
+- Energy per token: Σ activity × energy per operation, plus static power × chips × time per token.
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+
+from mmfree.loihi import hardware
+from mmfree.loihi.mapping import Mapping
+from mmfree.loihi.program import HOST, Program
+
+KINDS = ("synops", "updates", "routed", "interchip")  # the work a core does per token
+PROMPTS = (1, 16, 64, 128, 256, 500, 1024, 2048)  # prompt lengths of the TTFT scaling
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+  """A mapped program's work per token, per core: all the cost model needs (plain data)."""
+
+  populations: tuple  # names, in program order
+  layers: tuple  # block index per population (None: model-level)
+  depth: tuple  # timesteps after the host, per population
+  core_population: np.ndarray  # [C] index into populations
+  core_chip: np.ndarray  # [C]
+  work: dict  # KINDS name -> float64 [C], per token
+  messages: np.ndarray  # [P] graded spikes sent per token, per population (before routing)
+  neurons: int
+  synapses: int  # non-zero ternary weights on chip
+  dense_synops: int  # per token, were every weight and message non-zero
+  memory_bytes: int  # synapse and state memory on chip
+  tokens: int  # tokens the activity was observed on
+
+  @property
+  def chips(self) -> int:
+    return int(self.core_chip.max()) + 1
+
+  def to_json(self) -> dict:
+    d = dataclasses.asdict(self)
+    d["work"] = {k: v.tolist() for k, v in self.work.items()}
+    for k in ("core_population", "core_chip", "messages"):
+      d[k] = d[k].tolist()
+    return d
+
+  @classmethod
+  def from_json(cls, d: dict) -> "Workload":
+    names = {f.name for f in dataclasses.fields(cls)}
+    missing = sorted(names - set(d))
+    if missing:
+      raise ValueError(f"workload: missing {missing}: rerun `mmfree measure` to rewrite it")
+    d = {**d, "work": {k: np.asarray(d["work"][k], np.float64) for k in KINDS}}
+    d |= {k: tuple(d[k]) for k in ("populations", "layers", "depth")}
+    d |= {k: np.asarray(d[k], np.int64) for k in ("core_population", "core_chip")}
+    return cls(**{**d, "messages": np.asarray(d["messages"], np.float64)})
+
+
+def workload(program: Program, mapping: Mapping, activity: dict, tokens: int) -> Workload:
+  """`activity`: {population: {"synops"|"messages"|"updates": total over `tokens` tokens}}."""
+  names = [q.name for q in program.populations]
+  missing = sorted(set(names) - set(activity))
+  if missing:
+    raise ValueError(f"activity has no counts for populations {missing[:5]}: measure the bundle")
+  index = {n: i for i, n in enumerate(names)}
+  pop_C = np.array([index[c.population] for c in mapping.cores])
+  chip_C = np.array([c.chip for c in mapping.cores])
+  stored_C = np.array([c.synapses + c.skips for c in mapping.cores], np.float64)
+  neurons_C = np.array([c.neurons for c in mapping.cores], np.float64)
+  per_token = {k: np.array([activity[n][k] for n in names], np.float64) / tokens
+               for k in ("synops", "messages", "updates")}  # fmt: skip
+  stored_P, neurons_P = np.zeros(len(names)), np.zeros(len(names))
+  np.add.at(stored_P, pop_C, stored_C)
+  np.add.at(neurons_P, pop_C, neurons_C)
+  neuron_share = neurons_C / neurons_P[pop_C]
+  syn_share = np.divide(stored_C, stored_P[pop_C], out=np.zeros_like(stored_C),
+                        where=stored_P[pop_C] > 0)  # fmt: skip
+  sent_C = per_token["messages"][pop_C] * neuron_share
+  dest, off_chip = _destinations(program, pop_C, chip_C)
+  t = mapping.totals()
+  return Workload(
+    populations=tuple(names),
+    layers=tuple(q.layer for q in program.populations),
+    depth=tuple(program.depths()[n] for n in names),
+    core_population=pop_C,
+    core_chip=chip_C,
+    work={
+      "synops": per_token["synops"][pop_C] * syn_share,
+      "updates": per_token["updates"][pop_C] * neuron_share,
+      "routed": sent_C * dest[pop_C],
+      "interchip": sent_C * off_chip,
+    },
+    messages=per_token["messages"],
+    neurons=t["neurons"],
+    synapses=t["synapses"],
+    dense_synops=sum(
+      s.n_in * s.n_out for s in program.synapses if HOST not in (s.source, s.target)
+    ),
+    memory_bytes=t["synapse_bytes"] + t["state_bytes"],
+    tokens=tokens,
+  )
+
+
+def _destinations(program: Program, pop_C: np.ndarray, chip_C: np.ndarray):
+  """(cores each population's messages go to [P], of those the ones off each core's chip [C])."""
+  index = {q.name: i for i, q in enumerate(program.populations)}
+  dest = np.zeros(len(index))
+  off_chip = np.zeros(len(pop_C))
+  for s in program.synapses:
+    if HOST in (s.source, s.target):
+      continue
+    target_chips = chip_C[pop_C == index[s.target]]
+    dest[index[s.source]] += len(target_chips)
+    src = pop_C == index[s.source]
+    off_chip[src] += (target_chips[None, :] != chip_C[src][:, None]).sum(1)
+  return dest, off_chip
+
+
+def mesh_hops(chips: int) -> int:
+  """Chip-to-chip hops across a near-square mesh of `chips` (its diameter)."""
+  a = math.isqrt(chips)
+  return (a - 1) + (math.ceil(chips / a) - 1)
+
+
+def _core_seconds(w: Workload, hw: hardware.Hardware) -> np.ndarray:
+  t = hw.time
+  work = w.work
+  return (work["synops"] * t.synop.value + work["updates"] * t.update.value
+          + work["routed"] * t.message.value)  # fmt: skip
+
+
+def _step_seconds(w: Workload, hw: hardware.Hardware, cores: np.ndarray, core_s: np.ndarray):
+  """One timestep in which `cores` (a mask) work: busiest core + busiest chip link + barrier."""
+  links = np.zeros(w.chips)
+  np.add.at(links, w.core_chip[cores], w.work["interchip"][cores])
+  barrier = hw.time.barrier.value + mesh_hops(w.chips) * hw.time.barrier_hop.value
+  busiest = core_s[cores].max(initial=0.0)
+  return busiest + links.max() * hw.time.interchip.value + barrier
+
+
+def predict(w: Workload, hw: hardware.Hardware = hardware.DEFAULT, prompts=PROMPTS) -> dict:
+  """Throughput, latency and energy per token; breakdowns per population and layer."""
+  core_s = _core_seconds(w, hw)
+  depth_C = np.asarray(w.depth)[w.core_population]
+  levels = sorted(set(w.depth))
+  level_s = {d: float(_step_seconds(w, hw, depth_C == d, core_s)) for d in levels}
+  gen_s = sum(level_s.values()) + hw.time.host.value
+  prefill_s = float(_step_seconds(w, hw, np.ones(len(core_s), bool), core_s))
+  joules_C = _core_joules(w, hw)
+  dynamic = {k: float(v.sum()) for k, v in joules_C.items()}
+  static_w = hw.energy.static.value * w.chips
+  dyn_j = sum(dynamic.values())
+  pass_s = gen_s - hw.time.host.value
+  return {
+    "generation": {
+      "tokens_per_s": 1 / gen_s,
+      "ms_per_token": 1e3 * gen_s,
+      "mj_per_token": 1e3 * (dyn_j + static_w * gen_s),
+      "timesteps_per_token": len(levels),
+    },
+    "prefill": {
+      "tokens_per_s": 1 / prefill_s,
+      "us_per_timestep": 1e6 * prefill_s,
+      "mj_per_token": 1e3 * (dyn_j + static_w * prefill_s),
+    },
+    "energy_mj_per_token": {
+      **{k: 1e3 * v for k, v in dynamic.items()},
+      "dynamic": 1e3 * dyn_j,
+      "static_generation": 1e3 * static_w * gen_s,
+      "static_prefill": 1e3 * static_w * prefill_s,
+    },
+    "ttft_ms": {
+      str(p): 1e3 * ((p - 1) * prefill_s + pass_s + hw.time.host.value) for p in prompts
+    },  # fmt: skip
+    "neurobench": neurobench(w),
+    "resources": {
+      "chips": w.chips,
+      "cores": len(core_s),
+      "neurons": w.neurons,
+      "synapses": w.synapses,
+      "memory_bytes": w.memory_bytes,
+    },  # fmt: skip
+    "by_population": _by_population(w, sum(joules_C.values()), core_s, level_s),
+  }
+
+
+def neurobench(w: Workload) -> dict:
+  """NeuroBench-style figures per token: effective and dense synaptic operations, activation
+  sparsity (the share of neuron outputs that sent nothing), memory footprint."""
+  updates = w.work["updates"].sum()
+  return {
+    "synops_per_token": float(w.work["synops"].sum()),
+    "dense_synops_per_token": w.dense_synops,
+    "activation_sparsity": float(1 - w.messages.sum() / updates) if updates else 0.0,
+    "messages_per_token": float(w.messages.sum()),
+    "memory_bytes": w.memory_bytes,
+  }
+
+
+def _core_joules(w: Workload, hw: hardware.Hardware) -> dict:
+  """Dynamic energy per core and token, by operation kind."""
+  e = hw.energy
+  return {
+    "synops": w.work["synops"] * e.synop.value,
+    "updates": w.work["updates"] * e.update.value,
+    "messages": w.work["routed"] * e.message.value,
+    "interchip": w.work["interchip"] * e.interchip.value,
+  }
+
+
+def _by_population(w: Workload, joules: np.ndarray, core_s, level_s: dict) -> list[dict]:
+  """Each population's dynamic energy and busiest core; its level's timestep in generation."""
+  rows = []
+  for i, name in enumerate(w.populations):
+    mine = w.core_population == i
+    rows.append({
+      "population": name, "layer": w.layers[i], "depth": w.depth[i], "cores": int(mine.sum()),
+      "dynamic_uj": 1e6 * float(joules[mine].sum()),
+      "busiest_core_us": 1e6 * float(core_s[mine].max()),
+      "level_us": 1e6 * float(level_s[w.depth[i]]),
+    })  # fmt: skip
+  return rows
+
+
+def by_layer(rows: list[dict]) -> list[dict]:
+  """Per block (None: model-level): cores, dynamic energy, and generation time, each level's
+  timestep charged to the layer of its busiest population."""
+  out = {}
+  level_owner = {}
+  for r in rows:
+    best = level_owner.get(r["depth"])
+    if best is None or r["busiest_core_us"] > best["busiest_core_us"]:
+      level_owner[r["depth"]] = r
+  for r in rows:
+    t = out.setdefault(r["layer"], {"layer": r["layer"], "cores": 0, "dynamic_uj": 0.0,
+                                    "generation_us": 0.0})  # fmt: skip
+    t["cores"] += r["cores"]
+    t["dynamic_uj"] += r["dynamic_uj"]
+  for r in level_owner.values():
+    out[r["layer"]]["generation_us"] += r["level_us"]
+  return list(out.values())
