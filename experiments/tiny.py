@@ -15,6 +15,8 @@ from mmfree import configs
 
 def get_config(arg: str = "default"):
   c = configs.base_config("small")
+  c.stages = configs.STAGES  # train, calibrate, eval, lower, emulate, measure
+  c.eval.precisions = ("bitnet", "hw")
   if arg == "smoke":
     c.model.hidden_size = 32
     c.model.num_hidden_layers = 1
@@ -28,6 +30,8 @@ def get_config(arg: str = "default"):
     c.train.eval_every = 3
     c.train.ckpt_every = 3
     c.train.eval_windows = 4
+    c.stages = ("train", "eval")
+    c.eval.precisions = ()
   elif arg != "default":
     raise ValueError(f"experiments/tiny.py: unknown variant {arg!r} (default, smoke)")
   return c

@@ -15,7 +15,11 @@ from mmfree import sweep
 if TYPE_CHECKING:  # imported on use: every `mmfree` command builds this module's parser
   import pandas as pd
 
-OUTPUTS = ("eval", "measure")  # stage outputs `<stage>.json`, flattened to `<stage>.*` columns
+OUTPUTS = (
+  "eval",
+  "emulate",
+  "measure",
+)  # stage outputs `<stage>.json`, flattened to `<stage>.*` columns
 KEY_METRICS = ("steps", "loss", "val_loss", "val_ppl", "val_bpb")
 ENERGY = ("measure.generation.tokens_per_s", "measure.generation.mj_per_token")
 EVAL_METRICS = ("loss", "bpb", "saturation_pct")  # of eval.json, per precision: `eval.hw.loss`

@@ -34,7 +34,7 @@ def _check_same_experiment(run_dir: Path, exp: Experiment):
   saved = json.loads(path.read_text())
   wanted = exp.to_dict()
   changed = configs.differences({k: saved.get(k) for k in wanted}, wanted)
-  ignored = ["experiment.", "tracking."]
+  ignored = ["experiment.", "tracking.", "stages", "eval.", "loihi."]  # not what was trained
   if exp.train.init_from:  # the architecture is init_from's, not the experiment's
     ignored += [f"model.{k}" for k in wanted["model"] if k not in RUNTIME_MODEL_FIELDS]
   changed = [k for k in changed if not k.startswith(tuple(ignored))]

@@ -26,7 +26,7 @@ def test_overrides_apply_and_are_typed():
     ({"trian.lr": 1.0}, r"unknown config key 'trian'.*'train'"),
     ({"train.steps": "many"}, r"'train.steps'.*wrong type"),
     ({"model.precision": "int3"}, r"model.precision='int3'"),
-    ({"stages": ("train", "lower")}, r"stages=\['train', 'lower'\]: valid stages"),
+    ({"stages": ("train", "deploy")}, r"stages=\['train', 'deploy'\]: valid stages"),
   ],
 )
 def test_bad_overrides_name_the_key(overrides, match):

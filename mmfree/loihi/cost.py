@@ -2,8 +2,9 @@
 
 The model (spec/loihi2.md, "The cost model"; constants in `hardware.py`):
 - Activity per token is what the emulator or Lava counted on real tokens, per population. A
-  population's cores share it: synaptic operations by their stored fan-in synapses, updates and
-  messages by their neurons (assumption: activity is even over a population's neurons).
+  population's cores share it: synaptic operations by their stored fan-in synapses (by neurons
+  where all fan-in comes from the host), updates and messages by their neurons (assumption:
+  activity is even over a population's neurons).
 - A message is routed once to every core holding one of its targets; those on other chips also
   cross a chip link.
 - A core's work per token: synops·t_synop + updates·t_update + routed messages·t_message. A
@@ -85,8 +86,8 @@ def workload(program: Program, mapping: Mapping, activity: dict, tokens: int) ->
   np.add.at(stored_P, pop_C, stored_C)
   np.add.at(neurons_P, pop_C, neurons_C)
   neuron_share = neurons_C / neurons_P[pop_C]
-  syn_share = np.divide(stored_C, stored_P[pop_C], out=np.zeros_like(stored_C),
-                        where=stored_P[pop_C] > 0)  # fmt: skip
+  # Synapses from the host (the embedding's) are not stored on chip: share those by neurons.
+  syn_share = np.where(stored_P[pop_C] > 0, stored_C / np.maximum(stored_P[pop_C], 1), neuron_share)
   sent_C = per_token["messages"][pop_C] * neuron_share
   dest, off_chip = _destinations(program, pop_C, chip_C)
   t = mapping.totals()

@@ -216,7 +216,9 @@ def _override(name: str, old: Constant, new, source: str) -> Constant:
   if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < low:
     kind = "non-negative" if low == 0 else "positive"
     raise ValueError(f"{name} must be a {kind} number of {old.unit}, got {v!r}")
-  if isinstance(old.value, int):
+  if unit in RATES:
+    v = float(v)
+  elif isinstance(old.value, int):
     if v != int(v):
       raise ValueError(f"{name} counts whole {old.unit}, got {v!r}")
     v = int(v)
