@@ -1,6 +1,8 @@
 """The 370M MatMul-free LM on Loihi 2: the cost model's prediction beside the published figures.
 
-  uv run mmfree run experiments/paper_loihi2_370m.py --workdir runs/paper_370m       # ~6 min
+  uv run mmfree run experiments/paper_loihi2_370m.py --workdir runs/paper_370m       # ~8 min
+  uv run mmfree run experiments/paper_loihi2_370m.py --workdir runs/paper_370m \\
+      --config.loihi.constants=experiments/loihi2_370m_fitted.json   # re-measures only
   uv run mmfree run experiments/paper_loihi2_370m.py --workdir runs/paper_370m_ckpt \\
       --config.train.init_from=runs/MMfreeLM-370M   # an imported checkpoint (mmfree import-hf)
   uv run mmfree run experiments/paper_loihi2_370m.py:smoke --workdir /tmp/paper    # seconds
@@ -14,12 +16,14 @@ run through the emulator on 32 held-out tokens plus 8 generated; the activity go
 cost model with the sourced, unfitted constants of `mmfree.loihi.hardware` (or
 `--config.loihi.constants=FILE`, e.g. one fitted by `mmfree measure --fit`).
 
-Measured (2-core CPU, 6 min, random weights): 952 cores on 8 chips; 216M synaptic operations per
-token; generation 70.9 tokens/s (1.19x the published 59.4) at 12.3 mJ/token (0.17x the published
-70.8): the timing agrees; the energy is dominated by static power, where the model charges 8
-chips at Loihi 1's measured 104 mW each (0.83 W; no Loihi 2 figure is published) against the
-4.2 W the published figures imply. `experiments/loihi2_370m_fitted.json` (fitted to those two
-figures) reproduces them.
+Measured (2-core CPU, 8 min, random weights): 339 populations, 464,128 neurons, 952 cores on 8
+chips; 216M synaptic operations per token (15% of neuron outputs zero); 267 timesteps per token;
+generation 70.2 tokens/s (1.18x the published 59.4) at 12.4 mJ/token (0.17x the published 70.8):
+the timing agrees, the energy does not. 96% of the predicted energy is static power: 8 chips at
+Loihi 1's measured 104 mW each (no Loihi 2 figure is published), against the 4.2 W (0.53 W a chip)
+that the published figures imply. `experiments/loihi2_370m_fitted.json`, written by
+`mmfree measure --fit experiments/loihi2_370m_published.json` (time.synop 0.458 ns, static
+0.522 W a chip), reproduces both published figures.
 """
 
 from pathlib import Path

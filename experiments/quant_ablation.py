@@ -2,6 +2,7 @@
 
   uv run mmfree run experiments/tiny.py --workdir runs/tiny       # the `bitnet` model (~5 min)
   uv run mmfree sweep experiments/quant_ablation.py --workdir runs/quant_ablation --workers 2
+  uv run mmfree sweep experiments/quant_ablation.py:ptq ...   # the post-training points alone
   uv run mmfree report runs/quant_ablation
 
 Every point starts from runs/tiny's weights (`train.init_from`; another trained run or imported
@@ -52,11 +53,13 @@ def get_config(arg: str = "default"):
     c.eval.calib_batches = 2
     c.loihi.check_tokens = c.loihi.measure_tokens = 16
     c.loihi.new_tokens = 2
-  elif arg == "default":
+  elif arg in ("default", "ptq"):
     c.train.init_from = BASE
     c.train.steps = 0
   else:
-    raise ValueError(f"experiments/quant_ablation.py: unknown variant {arg!r} (default, smoke)")
+    raise ValueError(
+      f"experiments/quant_ablation.py: unknown variant {arg!r} (default, ptq, smoke)"
+    )
   return c
 
 
@@ -75,6 +78,8 @@ def get_sweep(arg: str = "default"):
   ]
   if arg == "smoke":
     return [{}, {"quant.act_bits": 4}]
+  if arg == "ptq":  # post-training points only: no fine-tuning
+    return one_at_a_time
   fine_tune = [
     {"train.steps": 100, "train.lr": 5e-4, "train.warmup_steps": 10},  # the bitnet control
     QAT,

@@ -228,6 +228,7 @@ def cmd_measure(args, extra):
     print(f"bit-exact with the emulator: every population x {r['tokens']} tokens, logits, "
           "new tokens")  # fmt: skip
   print(measure.table(r))
+  print(measure.layer_table(r))
   out = Path(args.out) if args.out else measure.report_path(bundle)
   write_json(out, r)
   print(f"wrote {out}")

@@ -6,6 +6,7 @@ the activity, the Loihi 2 prediction, the workload it came from and the constant
 """
 
 import dataclasses
+import hashlib
 import time
 from pathlib import Path
 
@@ -97,7 +98,7 @@ def measure(bundle: Path, tokens: list[int], new_tokens: int, constants: str | P
     "constants_file": str(constants or ""),
     "constants": {k: dataclasses.asdict(c) for k, c in hardware.constants(hw).items()},
     "workload": work.to_json(),
-    "activity": totals,
+    "per_step": {q: {k: v.tolist() for k, v in a.items()} for q, a in result.activity.items()},
   }
 
 
@@ -125,6 +126,15 @@ def table(r: dict) -> str:
   lines = ["| | | | |", "|---|---|---|---|", *("| " + " | ".join(row) + " |" for row in rows)]
   src = r["constants_file"] or "mmfree.loihi.hardware.DEFAULT (sources in each constant)"
   lines.append(f"\nactivity: {r['backend']} on {r['tokens']} tokens; constants: {src}")
+  return "\n".join(lines)
+
+
+def layer_table(r: dict) -> str:
+  """Markdown: cores, dynamic energy and generation time per block (model: the rest)."""
+  lines = ["| layer | cores | dynamic uJ/token | generation us/token |", "|---|---:|---:|---:|"]
+  for x in r["by_layer"]:
+    name = "model" if x["layer"] is None else x["layer"]
+    lines.append(f"| {name} | {x['cores']} | {x['dynamic_uj']:.4g} | {x['generation_us']:.4g} |")
   return "\n".join(lines)
 
 
@@ -204,7 +214,10 @@ def stage_measure(exp, run_dir: Path):
 
   bundle, c = run_dir / lower.PROGRAM, exp.loihi
   old = read_json(run_dir / MEASURE) or {}
-  wanted = {"program": _stamp(bundle), "loihi": dataclasses.asdict(c)}
+  # the constants file's content, not just its name: an edited file is another measurement
+  text = Path(c.constants).read_bytes() if c.constants else b""
+  wanted = {"program": _stamp(bundle), "loihi": dataclasses.asdict(c),
+            "constants_sha256": hashlib.sha256(text).hexdigest()}  # fmt: skip
   if {k: old.get(k) for k in wanted} == wanted:
     return
   tokens = held_out(exp, run_dir, c.measure_tokens)

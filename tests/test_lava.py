@@ -91,6 +91,12 @@ def test_measure_cli_verifies_against_the_emulator(venv, run, tmp_path, capsys):
   assert report["backend"] == "lava" and report["verified"] and len(report["new"]) == 3
   steps = report["tokens"]
   assert all(len(v["updates"]) == steps for v in report["per_step"].values())
+  # the cost model on Lava's activity: the same prediction as on the emulator's
+  main(["measure", str(bundle), "--prompt", "The", "--max-new-tokens", "3",
+        "--out", str(tmp_path / "e.json")])  # fmt: skip
+  emu = json.loads((tmp_path / "e.json").read_text())
+  for key in ("generation", "prefill", "energy_mj_per_token", "neurobench"):
+    assert report[key] == emu[key], key
 
 
 def test_setup_without_python_310_says_what_to_install(tmp_path, monkeypatch):
