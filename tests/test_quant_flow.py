@@ -89,7 +89,7 @@ def test_hw_training_needs_a_model_to_calibrate(tmp_path):
 @pytest.mark.parametrize(
   "overrides, message",
   [
-    ({"train.steps": 0}, "train.steps=0"),
+    ({"train.steps": -1}, "train.steps=-1"),
     ({"stages": ("eval", "train")}, "in this order"),
     ({"eval.precisions": ("int4",)}, "eval.precisions"),
     ({"quant.act_bits": 40}, "quant.act_bits"),

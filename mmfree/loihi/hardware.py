@@ -11,7 +11,6 @@ dataclasses of `Constant`s; overrides and `constants()` find them by dotted name
 import dataclasses
 import json
 import math
-import tomllib
 from pathlib import Path
 
 BRIEF = "Intel, Loihi 2 technology brief (2021)"
@@ -245,6 +244,8 @@ def _replace_path(obj, path: list[str], value):
 
 def read_file(path) -> dict:
   """A constants file as a dict: TOML by its `.toml` suffix, else JSON."""
+  import tomllib  # Python 3.11+: the Lava environment (3.10) imports this module, never a file
+
   path = Path(path)
   toml = path.suffix == ".toml"
   try:
