@@ -1,22 +1,38 @@
-"""Fixtures shared across test modules."""
+"""Fixtures shared across test modules (and across pytest-xdist workers: built once, by whichever
+worker gets there first, in the session's shared temporary directory)."""
 
+import contextlib
+import fcntl
 from pathlib import Path
 
 import pytest
 
 from mmfree.cli import main
 
-SMOKE = str(Path(__file__).parent.parent / "experiments/tiny.py:smoke")
+ROOT = Path(__file__).parent.parent
+SMOKE = str(ROOT / "experiments/tiny.py:smoke")
+
+
+@contextlib.contextmanager
+def _built_once(tmp_path_factory, name: str):
+  """Yields (directory, whether to build it): one worker builds, the others wait and reuse."""
+  shared = tmp_path_factory.getbasetemp().parent  # the same for every worker of this session
+  d, done = shared / name, shared / f"{name}.done"
+  with open(shared / f"{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    yield d, not done.exists()
+    done.touch()
 
 
 @pytest.fixture(scope="session")
 def calibrated_run(tmp_path_factory):
   """A trained 2-layer byte-level model (layer 1 has a lower bound), calibrated for `hw`.
   Shared: tests copy it before changing it."""
-  d = tmp_path_factory.mktemp("calibrated")
-  main(["train", "--config", SMOKE, "--workdir", str(d), "--config.train.steps=20",
-        "--config.model.num_hidden_layers=2"])  # fmt: skip
-  main(["quantize", "calibrate", str(d), "--batches", "4", "--seq-len", "32"])
+  with _built_once(tmp_path_factory, "calibrated") as (d, build):
+    if build:
+      main(["train", "--config", SMOKE, "--workdir", str(d), "--config.train.steps=20",
+            "--config.model.num_hidden_layers=2"])  # fmt: skip
+      main(["quantize", "calibrate", str(d), "--batches", "4", "--seq-len", "32"])
   return d
 
 
@@ -26,8 +42,8 @@ def measured_sweep(tmp_path_factory):
   evaluated at `bitnet` and `hw`, lowered, checked bit-exact and measured): about 90 s."""
   from mmfree.sweep import run_sweep
 
-  d = tmp_path_factory.mktemp("sweep") / "quant_ablation"
-  spec = str(Path(__file__).parent.parent / "experiments/quant_ablation.py:smoke")
-  counts = run_sweep(spec, d, 2)
-  assert counts["failed"] == 0 and counts["done"] == 2, counts
+  with _built_once(tmp_path_factory, "quant_ablation") as (d, build):
+    if build:
+      counts = run_sweep(str(ROOT / "experiments/quant_ablation.py:smoke"), d, 2)
+      assert counts["failed"] == 0 and counts["done"] == 2, counts
   return d

@@ -13,8 +13,6 @@ from mmfree.cli import main
 from mmfree.loihi import bundle_io, hardware
 from mmfree.run import run_experiment
 
-pytestmark = pytest.mark.xdist_group("measured_sweep")  # one sweep per worker, not two
-
 ROOT = Path(__file__).parent.parent
 SPEC = str(ROOT / "experiments/quant_ablation.py:smoke")
 STAGE_FILES = ("program/program.json", "emulate.json", "measure.json")

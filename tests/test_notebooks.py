@@ -6,8 +6,6 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-pytestmark = pytest.mark.xdist_group("measured_sweep")  # one sweep per worker, not two
-
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
 
 
