@@ -208,7 +208,7 @@ def test_provenance():
       r"Population names must be unique, repeated: \['norm'\]",
     ),
     (lambda p: dataclasses.replace(p, io=p.io | {"lm_head": "gpu"}), r"program: io must map"),
-    (lambda p: dataclasses.replace(p, version=pg.VERSION + 1), r"program: version 3"),
+    (lambda p: dataclasses.replace(p, version=pg.VERSION + 1), r"program: version 4"),
     (lambda p: dataclasses.replace(p, ranges=[1]), r"program: ranges must be a list of objects"),
     (lambda p: dataclasses.replace(p, model={"x": object()}), r"program model is not plain JSON"),
   ],
@@ -231,13 +231,13 @@ def test_entry_validation():
   "edit, match",
   [
     (
-      lambda m: m.update(version=3),
-      r"written by a newer mmfree \(format version 3; this one reads 2\): upgrade mmfree, or "
+      lambda m: m.update(version=4),
+      r"written by a newer mmfree \(format version 4; this one reads 3\): upgrade mmfree, or "
       r"re-run `mmfree lower`",
     ),
     (
       lambda m: m.update(version=1),
-      r"written by an older mmfree \(format version 1; this one reads 2\): re-run `mmfree lower`",
+      r"written by an older mmfree \(format version 1; this one reads 3\): re-run `mmfree lower`",
     ),
     (lambda m: m.update(format="other"), r"format is not 'mmfree-loihi-program'"),
     (lambda m: m.pop("io"), r"keys must be"),

@@ -259,7 +259,7 @@ class Emulator:
   def residual(self, pop: Population, ports: dict) -> Msg:
     p, x = pop.params, ports["x"]
     a = self._rescale(ports["a"], _sub(p, "a"))
-    a = self._out(a.q, a.frac, p, "a_out")
+    a = self._out(a.q, a.frac, p, "branch")  # the branch's point (attn_out, mlp_out)
     f = max(int(x.frac), int(a.frac))
     s = (x.q << (f - int(x.frac))) + (a.q << (f - int(a.frac)))
     return self._out(s, f, p)

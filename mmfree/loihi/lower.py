@@ -89,7 +89,11 @@ class _Builder:
     """Add a population; nested params ({"f": {"m": 3}}) flatten to "f_m" (program.json is flat)."""
     flat = {}
     for k, v in params.items():
-      flat |= {f"{k}_{k2}": v2 for k2, v2 in v.items()} if isinstance(v, dict) else {k: v}
+      items = {f"{k}_{k2}": v2 for k2, v2 in v.items()} if isinstance(v, dict) else {k: v}
+      clash = sorted(set(items) & set(flat))
+      if clash:  # e.g. "a" {"out_frac"} against "a_out" {"frac"}: one would silently win
+        raise ValueError(f"{name}: parameters {clash} are named twice when flattened")
+      flat |= items
     out_bits = (out or {}).get("bits", program.HOST_OUT_BITS)
     self.populations.append(
       Population(name, kind, size, layer, flat, arrays or {}, state or {}, out_bits)
@@ -178,7 +182,7 @@ def lower(params: dict, cfg: ModelConfig, qcfg: QuantConfig, scales: dict, *, lm
     res_attn = f"{p}.res_attn"
     o = b.bitlinear(f"{a}.o_proj", gated, l, res_attn, "a")
     b.population(res_attn, "residual", H, l,
-                 {"a": o, "x": b.fmt(p, "block_in"), "a_out": b.fmt(p, "attn_out"),
+                 {"a": o, "x": b.fmt(p, "block_in"), "branch": b.fmt(p, "attn_out"),
                   "out": b.fmt(p, "residual"), "rounding": qcfg.rounding},
                  out=b.fmt(p, "residual"))  # fmt: skip
     b.identity(x, res_attn, H)
@@ -195,7 +199,7 @@ def lower(params: dict, cfg: ModelConfig, qcfg: QuantConfig, scales: dict, *, lm
     last = l == cfg.num_hidden_layers - 1
     out = b.fmt("norm", "rms_in") if last else b.fmt(f"layers.{l + 1}", "block_in")
     b.population(res_mlp, "residual", H, l,
-                 {"a": d, "x": b.fmt(p, "residual"), "a_out": b.fmt(p, "mlp_out"), "out": out,
+                 {"a": d, "x": b.fmt(p, "residual"), "branch": b.fmt(p, "mlp_out"), "out": out,
                   "rounding": qcfg.rounding}, out=out)  # fmt: skip
     b.identity(res_attn, res_mlp, H)
     x = res_mlp

@@ -17,7 +17,7 @@ import numpy as np
 from mmfree.loihi import hardware
 
 FORMAT = "mmfree-loihi-program"
-VERSION = 2  # 2: the static range check (`ranges`)
+VERSION = 3  # 2: the static range check (`ranges`); 3: residual `branch_*` formats
 MANIFEST = "program.json"
 ARRAYS = "arrays"
 HOST = "host"  # an endpoint off chip: the embedding's input, sampling's output

@@ -81,8 +81,8 @@ def _kind_rows(program: Program, q) -> list[dict]:
   if q.kind == "mlgru":
     rows.append(_row(q.name, "state h", INT32, q.state_bits["h"], saturates=True))
   if q.kind == "residual":
-    f = max(p["x_frac"], p["a_out_frac"])
-    s = max(p["x_bits"] + f - p["x_frac"], p["a_out_bits"] + f - p["a_out_frac"]) + 1
+    f = max(p["x_frac"], p["branch_frac"])
+    s = max(p["x_bits"] + f - p["x_frac"], p["branch_bits"] + f - p["branch_frac"]) + 1
     rows += [_row(q.name, "x + a", s, INT32), _row(q.name, "sum", s, p["out_bits"], True)]
   head = [s for s in program.synapses if s.source == q.name and s.target == HOST]
   if head:  # the lm_head the host runs: the same rescale, off chip
