@@ -56,13 +56,30 @@ def _points(L: int) -> dict:
   return pairs
 
 
-@pytest.mark.parametrize("policy", ["per_token", "static"])
+BRANCHES = ("attn.o_proj.bitlinear_out", "mlp.down_proj.bitlinear_out")  # feed the residuals
+
+
+def _narrow_branch_outputs(run_dir: Path):
+  """Narrower bitlinear_out formats before the residual adds (22 bits: ±1.0 here), so the
+  BitLinear's own saturation matters before the branch's point."""
+  path = run_dir / calibrate.QUANT / "scales.json"
+  scales = json.loads(path.read_text())
+  for key in scales:
+    if key.endswith(BRANCHES):
+      scales[key]["bits"] = 22
+  path.write_text(json.dumps(scales))
+
+
+@pytest.mark.parametrize("policy", ["per_token", "static", "clipped_branches"])
 def test_emulator_equals_hw_at_every_population(run, text, tmp_path, policy):
   run_dir = run
   if policy == "static":  # a copy of the run, calibrated with static BitLinear input scales
     run_dir = Path(shutil.copytree(run, tmp_path / "static"))
     main(["quantize", "calibrate", str(run_dir), "--batches", "4", "--seq-len", "32",
           "--quant.bitlinear_input=static"])  # fmt: skip
+  if policy == "clipped_branches":
+    run_dir = Path(shutil.copytree(run, tmp_path / "clipped"))
+    _narrow_branch_outputs(run_dir)
   bundle = lower.lower_run(run_dir, tmp_path / "program")
   prog = bundle_io.load(bundle)
   result = emulate.Emulator(prog).run(text, record=True)
@@ -76,6 +93,10 @@ def test_emulator_equals_hw_at_every_population(run, text, tmp_path, policy):
     assert np.any(got != 0), pop
     np.testing.assert_array_equal(got, rec[key] / scales[key].scale, err_msg=pop)
   np.testing.assert_array_equal(result.logits, logits)
+  if policy == "clipped_branches":  # the narrow formats did clip
+    clipped = [k for k in rec if k.endswith(BRANCHES) and np.abs(rec[k]).max() >= scales[k].scale
+               * (2 ** (scales[k].bits - 1) - 1)]  # fmt: skip
+    assert clipped, "no branch output reached its bound"
   # what another backend needs: each population's message format, and activity from its outputs
   emu = emulate.Emulator(prog)
   emu.reset(2)
