@@ -23,7 +23,7 @@ import numpy as np
 
 from mmfree.loihi import hardware
 from mmfree.loihi.mapping import Mapping
-from mmfree.loihi.program import HOST, Program
+from mmfree.loihi.program import HOST, Program, is_skip
 
 KINDS = ("synops", "updates", "routed", "interchip")  # the work a core does per token
 PROMPTS = (1, 16, 64, 128, 256, 500, 1024, 2048)  # prompt lengths of the TTFT scaling
@@ -90,11 +90,11 @@ def workload(program: Program, mapping: Mapping, activity: dict, tokens: int) ->
   syn_share = np.where(stored_P[pop_C] > 0, stored_C / np.maximum(stored_P[pop_C], 1), neuron_share)
   sent_C = per_token["messages"][pop_C] * neuron_share
   dest, off_chip = _destinations(program, pop_C, chip_C)
-  t = mapping.totals()
+  t, depth = mapping.totals(), program.depths()
   return Workload(
     populations=tuple(names),
     layers=tuple(q.layer for q in program.populations),
-    depth=tuple(program.depths()[n] for n in names),
+    depth=tuple(depth[n] for n in names),
     core_population=pop_C,
     core_chip=chip_C,
     work={
@@ -106,8 +106,10 @@ def workload(program: Program, mapping: Mapping, activity: dict, tokens: int) ->
     messages=per_token["messages"],
     neurons=t["neurons"],
     synapses=t["synapses"],
-    dense_synops=sum(
-      s.n_in * s.n_out for s in program.synapses if HOST not in (s.source, s.target)
+    dense_synops=sum(  # a skip connection is one add per neuron, not an n × n product
+      (s.n_out if is_skip(s) else s.n_in * s.n_out)
+      for s in program.synapses
+      if HOST not in (s.source, s.target)
     ),
     memory_bytes=t["synapse_bytes"] + t["state_bytes"],
     tokens=tokens,
