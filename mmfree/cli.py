@@ -177,23 +177,13 @@ def _prompt(bundle: Path, text: str) -> tuple:
   return tok, ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(text)
 
 
-def _bundle_of(path: str) -> Path:
-  """A bundle directory, or a run directory's `program/`."""
-  from mmfree.loihi import lower, program
-
-  path = Path(path)
-  if not (path / program.MANIFEST).is_file() and (path / lower.PROGRAM).is_dir():
-    return path / lower.PROGRAM
-  return path
-
-
 def cmd_emulate(args, extra):
   from mmfree import measure
   from mmfree.files import write_json
   from mmfree.loihi import emulate
 
   _only(extra)
-  bundle = _bundle_of(args.bundle)
+  bundle = measure.bundle_of(args.bundle)
   tok, prompt = _prompt(bundle, args.prompt)
   result, seconds = measure.run_bundle(bundle, prompt, args.max_new_tokens)
   new, steps = [int(t) for t in result.new[0]], result.logits.shape[1]
@@ -218,7 +208,7 @@ def cmd_measure(args, extra):
     return _fit(args)
   if not args.bundle:
     raise ValueError("measure needs a bundle or run directory (or --fit ROWS)")
-  bundle = _bundle_of(args.bundle)
+  bundle = measure.bundle_of(args.bundle)
   tok, prompt = _prompt(bundle, args.prompt)
   r = measure.measure(bundle, prompt, args.max_new_tokens, args.constants, backend=args.backend,
                       venv=Path(args.venv), timeout=args.timeout, chip=args.hardware,

@@ -47,6 +47,16 @@ def load_constants(path: str | Path | None) -> hardware.Hardware:
   return hardware.load_overrides(path) if path else hardware.DEFAULT
 
 
+def bundle_of(path) -> Path:
+  """A bundle directory, or a run directory's `program/`."""
+  from mmfree.loihi import lower
+
+  path = Path(path)
+  if not (path / program.MANIFEST).is_file() and (path / lower.PROGRAM).is_dir():
+    return path / lower.PROGRAM
+  return path
+
+
 def report_path(bundle: Path) -> Path:
   """measure.json beside the run the bundle was lowered from, else inside the bundle."""
   run = Path(bundle).parent
@@ -205,7 +215,7 @@ def stage_emulate(exp, run_dir: Path):
 
 def _stamp(bundle: Path) -> str:
   """Which program a result belongs to: its creation time (it changes when lowered again)."""
-  return bundle_io.load(bundle).provenance["created"]
+  return (read_json(bundle / program.MANIFEST) or {}).get("provenance", {}).get("created")
 
 
 def stage_measure(exp, run_dir: Path):

@@ -60,19 +60,13 @@ def _row(r: dict, i: int, path: Path) -> Row:
   src = Path(r["run"])
   if not src.is_absolute():
     src = path.parent / src
-  report = src if src.suffix == ".json" else measure.report_path(_bundle(src))
+  report = src if src.suffix == ".json" else measure.report_path(measure.bundle_of(src))
   if not report.is_file():
     raise FileNotFoundError(f"{where}: no {report}: run `mmfree measure {src}` first")
   workload = json.loads(report.read_text()).get("workload")
   if workload is None:
     raise ValueError(f"{where}: {report} has no workload: rerun `mmfree measure {src}`")
   return Row(str(r["run"]), cost.Workload.from_json(workload), phase, measured)
-
-
-def _bundle(src: Path) -> Path:
-  from mmfree.loihi import lower
-
-  return src / lower.PROGRAM if (src / lower.PROGRAM).is_dir() else src
 
 
 def predicted(row: Row, hw: hardware.Hardware) -> dict:
