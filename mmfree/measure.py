@@ -193,7 +193,8 @@ def stage_emulate(exp, run_dir: Path):
   from mmfree.loihi import lower
 
   bundle = run_dir / lower.PROGRAM
-  if (read_json(run_dir / EMULATE) or {}).get("program") == _stamp(bundle):
+  stamp = _stamp(bundle)
+  if stamp and (read_json(run_dir / EMULATE) or {}).get("program") == stamp:
     return
   tokens = held_out(exp, run_dir, exp.loihi.check_tokens)
   t0 = time.perf_counter()
