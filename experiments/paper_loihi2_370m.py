@@ -28,8 +28,9 @@ that the published figures imply. `experiments/loihi2_370m_fitted.json`, written
 
 from pathlib import Path
 
-from mmfree import configs, reference
-from mmfree.files import read_json
+from mmfree import configs
+from mmfree.core import reference
+from mmfree.core.files import read_json
 from mmfree.loihi.cost import PROMPTS
 
 

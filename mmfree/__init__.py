@@ -8,7 +8,7 @@ __all__ = ["load"]
 
 def __getattr__(name):
   if name == "load":
-    from mmfree.api import load
+    from mmfree.algorithms.load import load
 
     return load
   raise AttributeError(f"module 'mmfree' has no attribute {name!r}")

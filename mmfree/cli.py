@@ -8,11 +8,12 @@ from pathlib import Path
 
 def _experiment(spec: str | None, extra: list[str]):
   from mmfree import configs
+  from mmfree.core.experiment import to_experiment
 
   overrides = configs.parse_overrides(extra)
   if spec is None:  # the built-in default: the small model on the embedded corpus
     cfg = configs.apply_overrides(configs.base_config(), overrides)
-    return configs.to_experiment(cfg, "", overrides)
+    return to_experiment(cfg.to_dict(), "", overrides)
   return configs.load_experiment(spec, overrides)
 
 
@@ -30,12 +31,12 @@ def cmd_run(args, extra):
 def cmd_train(args, extra):
   from mmfree.run import run_experiment
 
-  run_experiment(_experiment(args.config, extra), Path(args.workdir), stages=("train",))
+  run_experiment(_experiment(args.config, extra), Path(args.workdir), only=("train",))
 
 
 def cmd_eval(args, extra):
-  from mmfree.evaluate import evaluate_model
-  from mmfree.files import read_json
+  from mmfree.algorithms.evaluate import evaluate_model
+  from mmfree.core.files import read_json
 
   _only(extra, "--data.")
   path = Path(args.path)
@@ -93,13 +94,14 @@ def cmd_generate(args, extra):
 
 
 def cmd_import_hf(args, extra):
+  from mmfree.core.files import CHECKPOINTS
   from mmfree.data.tokenizers import load_tokenizer
   from mmfree.models import hf
-  from mmfree.train import checkpoint
+  from mmfree.store import checkpoint
 
   _only(extra)
   out = Path(args.out)
-  if (out / checkpoint.CHECKPOINTS).exists():
+  if (out / CHECKPOINTS).exists():
     raise ValueError(f"{out} already holds a checkpoint: import into a new --out directory")
   cfg, params = hf.load_hf(Path(args.dir))
   checkpoint.save_params(out, 0, params)
@@ -112,10 +114,12 @@ def cmd_import_hf(args, extra):
 
 def cmd_tokenizer_train(args, extra):
   from mmfree import configs
-  from mmfree.data.sources import DataConfig, train_tokenizer
+  from mmfree.core.data import DataConfig
+  from mmfree.core.experiment import to_dataclass
+  from mmfree.data.sources import train_tokenizer
 
   _only(extra, "--data.")
-  data_cfg = configs.to_dataclass(DataConfig, configs.parse_overrides(extra, "--data."), "data")
+  data_cfg = to_dataclass(DataConfig, configs.parse_overrides(extra, "--data."), "data")
   tok = train_tokenizer(data_cfg, args.vocab_size, Path(args.out))
   print(f"trained a {tok.vocab_size}-token BPE on {data_cfg.source} -> {args.out}")
 
@@ -123,24 +127,28 @@ def cmd_tokenizer_train(args, extra):
 def _run_data_config(run_dir: Path, extra: list[str]):
   """The run's own data section (when it has one) with `--data.*` overrides."""
   from mmfree import configs
-  from mmfree.data.sources import DataConfig
-  from mmfree.files import read_json
+  from mmfree.core.data import DataConfig
+  from mmfree.core.experiment import to_dataclass
+  from mmfree.core.files import CONFIG, read_json
 
-  saved = (read_json(run_dir / "config.json") or {}).get("data", {})
+  saved = (read_json(run_dir / CONFIG) or {}).get("data", {})
   overrides = configs.parse_overrides([a for a in extra if a.startswith("--data.")], "--data.")
-  return configs.to_dataclass(DataConfig, {**saved, **overrides}, "data")
+  return to_dataclass(DataConfig, {**saved, **overrides}, "data")
 
 
 def cmd_quantize_calibrate(args, extra):
   from mmfree import configs
+  from mmfree.algorithms.calibrate import calibrate_run
+  from mmfree.core.experiment import as_tuples, to_dataclass
+  from mmfree.core.files import QUANT
+  from mmfree.core.quant import QuantConfig
   from mmfree.quant import calibrate
-  from mmfree.quant.config import QuantConfig
 
   run_dir = Path(args.run_dir)
   quant = configs.parse_overrides([a for a in extra if a.startswith("--quant.")], "--quant.")
-  qcfg = configs.to_dataclass(QuantConfig, configs.as_tuples(quant), "quant")
+  qcfg = to_dataclass(QuantConfig, as_tuples(quant), "quant")
   _only(extra, "--quant.", "--data.")
-  stats = calibrate.calibrate_run(
+  stats = calibrate_run(
     run_dir, qcfg, _run_data_config(run_dir, extra), args.batches, args.batch_size, args.seq_len
   )
   print("| point | layers | bits | max abs | saturation % | rel. error % |")
@@ -148,16 +156,18 @@ def cmd_quantize_calibrate(args, extra):
   for r in calibrate.summarize(stats):
     print(f"| {r['point']} | {r['n']} | {r['bits']} | {r['absmax']:.4g} | {100 * r['sat']:.3f} "
           f"| {100 * r['rel_err']:.3f} |")  # fmt: skip
-  print(f"wrote {run_dir / calibrate.QUANT}/ (config.json, scales.json, stats.json)")
+  print(f"wrote {run_dir / QUANT}/ (config.json, scales.json, stats.json); the stages that "
+        "read it (eval at hw, lower, emulate, measure) are stale until `mmfree run` reruns them")
 
 
 def cmd_lower(args, extra):
-  from mmfree.loihi import bundle_io, lower, mapping, ranges
+  from mmfree.algorithms import lower
+  from mmfree.loihi import bundle_io, mapping, program, ranges
 
   _only(extra)
   out = lower.lower_run(Path(args.run_dir), Path(args.out) if args.out else None, args.lm_head)
   prog = bundle_io.load(out)
-  s, zeros = bundle_io.summary(prog), lower.zero_share(prog)
+  s, zeros = bundle_io.summary(prog), program.zero_share(prog)
   print(f"wrote {out}: {s['populations']} populations, {s['neurons']:,} neurons, "
         f"{s['synapse_groups']} synapse groups; ternary weights {zeros:.1%} zero")  # fmt: skip
   r = ranges.summary(prog.ranges)
@@ -178,30 +188,27 @@ def _prompt(bundle: Path, text: str) -> tuple:
 
 
 def cmd_emulate(args, extra):
-  from mmfree import measure
-  from mmfree.files import write_json
-  from mmfree.loihi import emulate
+  from mmfree.core.files import EMULATE, write_json
+  from mmfree.loihi import bundle_io, measure
 
   _only(extra)
   bundle = measure.bundle_of(args.bundle)
   tok, prompt = _prompt(bundle, args.prompt)
   result, seconds = measure.run_bundle(bundle, prompt, args.max_new_tokens)
-  new, steps = [int(t) for t in result.new[0]], result.logits.shape[1]
-  print(args.prompt + tok.decode(new))
-  print(f"({steps} tokens through the program in {seconds['run']:.1f} s, "
-        f"{steps / seconds['run']:.1f} tokens/s in the emulator)")  # fmt: skip
-  totals = measure.activity_totals(result)
-  per_token = {k: sum(t[k] for t in totals.values()) / steps for k in emulate.ACTIVITY}
-  print("per token: " + ", ".join(f"{v:,.0f} {k}" for k, v in per_token.items()))
-  out = Path(args.out) if args.out else bundle / measure.EMULATE
-  write_json(out, {"prompt": prompt, "new": new, "tokens": steps, "seconds": seconds,
-                   "per_token": per_token, "by_population": totals})  # fmt: skip
+  r = measure.emulate_report(result, seconds, prompt)
+  print(args.prompt + tok.decode(r["new"]))
+  print(f"({r['tokens']} tokens through the program in {seconds['run']:.1f} s, "
+        f"{r['tokens_per_s']:.1f} tokens/s in the emulator)")  # fmt: skip
+  print("per token: " + ", ".join(f"{v:,.0f} {k}" for k, v in r["per_token"].items()))
+  out = Path(args.out) if args.out else bundle / EMULATE
+  inputs = {"program": bundle_io.content_sha256(bundle)}  # not checked against a model here
+  write_json(out, {"inputs": inputs, "bit_exact": None, **r})
   print(f"wrote {out}")
 
 
 def cmd_measure(args, extra):
-  from mmfree import measure
-  from mmfree.files import write_json
+  from mmfree.core.files import write_json
+  from mmfree.loihi import measure
 
   _only(extra)
   if args.fit:

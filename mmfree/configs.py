@@ -5,12 +5,10 @@ An experiment file defines `get_config(arg) -> ConfigDict` and optionally
 Modules below this boundary only ever see the frozen dataclasses of `Experiment`.
 """
 
-import ast
 import builtins
 import dataclasses
 import importlib.util
 import itertools
-import json
 import types
 import typing
 from pathlib import Path
@@ -18,18 +16,14 @@ from pathlib import Path
 import ml_collections
 from ml_collections import config_dict
 
-from mmfree.data.sources import DataConfig
-from mmfree.evaluate import EvalConfig
-from mmfree.measure import LoihiConfig
-from mmfree.models.config import PRESETS, ModelConfig
-from mmfree.quant.config import QuantConfig
-from mmfree.train.loop import TrainConfig
-from mmfree.train.tracking import TrackingConfig
-
-STAGES = ("train", "calibrate", "eval", "lower", "emulate", "measure")  # in the order they run
-DEFAULT_STAGES = ("train", "eval")
-# Filled in from the tokenizer at train time, so they may differ from what the config asked.
-DERIVED = ("model.vocab_size", "model.bos_token_id", "model.eos_token_id")
+from mmfree.core.experiment import (
+  DEFAULT_STAGES,
+  SECTIONS,
+  Experiment,
+  parse_value,
+  to_experiment,
+)
+from mmfree.core.model import PRESETS
 
 
 def section(cls, **overrides) -> ml_collections.ConfigDict:
@@ -52,77 +46,10 @@ def base_config(preset: str = "small") -> ml_collections.ConfigDict:
   if preset not in PRESETS:
     raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
   c = ml_collections.ConfigDict()
-  c.model = section(ModelConfig, **PRESETS[preset].to_dict())
-  c.train = section(TrainConfig)
-  c.data = section(DataConfig)
-  c.tracking = section(TrackingConfig)
-  c.quant = section(QuantConfig)
-  c.eval = section(EvalConfig)
-  c.loihi = section(LoihiConfig)
+  for name, cls in SECTIONS.items():
+    setattr(c, name, section(cls, **(PRESETS[preset].to_dict() if name == "model" else {})))
   c.stages = DEFAULT_STAGES
   return c
-
-
-@dataclasses.dataclass(frozen=True)
-class Experiment:
-  """The resolved, plain-data configuration of one run."""
-
-  model: ModelConfig
-  train: TrainConfig
-  data: DataConfig
-  tracking: TrackingConfig
-  stages: tuple[str, ...]
-  quant: QuantConfig = QuantConfig()
-  eval: EvalConfig = EvalConfig()
-  loihi: LoihiConfig = LoihiConfig()
-  spec: str = ""
-  overrides: dict = dataclasses.field(default_factory=dict)
-
-  def to_dict(self) -> dict:
-    return {
-      "experiment": {"spec": self.spec, "overrides": self.overrides},
-      **{k: dataclasses.asdict(getattr(self, k)) for k in SECTIONS},
-      "stages": list(self.stages),
-    }
-
-
-SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig,
-            "tracking": TrackingConfig, "quant": QuantConfig, "eval": EvalConfig,
-            "loihi": LoihiConfig}  # fmt: skip
-
-
-def as_tuples(d: dict) -> dict:
-  """JSON and command lines give lists where the dataclasses hold tuples."""
-  return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-
-
-def to_dataclass(cls, d: dict, name: str):
-  names = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(d) - names)
-  if unknown:
-    raise ValueError(f"unknown keys {[f'{name}.{k}' for k in unknown]}; valid: {sorted(names)}")
-  try:
-    return cls(**d)
-  except (TypeError, ValueError) as e:
-    raise ValueError(f"{name}: {e}") from None
-
-
-def to_experiment(cfg: ml_collections.ConfigDict, spec: str = "", overrides=None) -> Experiment:
-  d = cfg.to_dict()
-  valid = {*SECTIONS, "stages"}
-  unknown = sorted(set(d) - valid)
-  if unknown:
-    raise ValueError(f"unknown top-level config keys {unknown}; valid: {sorted(valid)}")
-  stages = tuple(d.get("stages", DEFAULT_STAGES))
-  bad = [s for s in stages if s not in STAGES]
-  if bad or list(stages) != sorted(stages, key=STAGES.index):
-    raise ValueError(f"stages={list(stages)}: valid stages, in this order, are {list(STAGES)}")
-  return Experiment(
-    **{k: to_dataclass(cls, as_tuples(d.get(k, {})), k) for k, cls in SECTIONS.items()},
-    stages=stages,
-    spec=spec,
-    overrides=dict(overrides or {}),
-  )
 
 
 def _load_module(path: Path) -> types.ModuleType:
@@ -144,14 +71,6 @@ def split_spec(spec: str) -> tuple[Path, str | None]:
 
 def _call(fn, arg):
   return fn() if arg is None else fn(arg)
-
-
-def parse_value(text: str):
-  """A command-line value: a Python literal when it parses as one, else the string itself."""
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
 
 
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
@@ -182,7 +101,7 @@ def load_experiment(spec: str, overrides: dict | None = None) -> Experiment:
   cfg = _call(_load_module(path).get_config, arg)
   if not isinstance(cfg, ml_collections.ConfigDict):
     raise ValueError(f"{path}: get_config must return an ml_collections.ConfigDict")
-  return to_experiment(apply_overrides(cfg, overrides or {}), str(spec), overrides)
+  return to_experiment(apply_overrides(cfg, overrides or {}).to_dict(), str(spec), overrides)
 
 
 def report_hook(spec: str):
@@ -209,23 +128,6 @@ def parse_overrides(args: list[str], prefix: str = "--config.") -> dict:
       raise ValueError(f"unrecognized argument {a!r}: overrides look like {prefix}train.lr=0.001")
     key, _, value = a[len(prefix) :].partition("=")
     out[key] = parse_value(value)
-  return out
-
-
-def differences(saved: dict, wanted: dict) -> list[str]:
-  """Dotted keys whose values differ between two config dicts, ignoring derived fields."""
-  flat_a, flat_b = flatten(saved), flatten(wanted)
-  keys = (set(flat_a) | set(flat_b)) - set(DERIVED)
-  return sorted(k for k in keys if json.dumps(flat_a.get(k)) != json.dumps(flat_b.get(k)))
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict) and v:
-      out.update(flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
   return out
 
 

@@ -1,7 +1,10 @@
 """Results: one row per run directory, for notebooks and `mmfree report`.
 
 `load(DIR)` reads a sweep directory (its run subdirectories, plus the points of `sweep.json` not
-started yet) or a single run directory, tolerating runs that are half written.
+started yet) or a single run directory, tolerating runs that are half written. A row holds only
+outputs of the run's current inputs: an output whose recorded hashes (checkpoint, calibration,
+program) are not those on disk now is left out and named in `stale`, so accuracy and energy in
+one row always describe one model.
 """
 
 import argparse
@@ -11,6 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mmfree import sweep
+from mmfree.core import digest, files
+from mmfree.core.dicts import flatten
+from mmfree.loihi import bundle_io
 
 if TYPE_CHECKING:  # imported on use: every `mmfree` command builds this module's parser
   import pandas as pd
@@ -23,22 +29,13 @@ OUTPUTS = (
 KEY_METRICS = ("steps", "loss", "val_loss", "val_ppl", "val_bpb")
 ENERGY = ("measure.generation.tokens_per_s", "measure.generation.mj_per_token")
 EVAL_METRICS = ("loss", "bpb", "saturation_pct")  # of eval.json, per precision: `eval.hw.loss`
-_SKIP = ("experiment.overrides",)  # repeated in the config sections themselves
+_SKIP = ("experiment.overrides", "data_info.identity")  # repeated in the config sections themselves
 # measure.json's detail (per core, population, layer and step) stays in the file: not columns
-_DETAIL = tuple(
-  f"measure.{k}"
-  for k in (
-    "workload",
-    "activity",
-    "by_population",
-    "by_layer",
-    "constants",
-    "per_step",
-    "prompt",
-    "new",
-    "loihi",
-  )
-)
+_DETAIL = (
+  *(f"measure.{k}" for k in ("workload", "activity", "by_population", "by_layer", "constants",
+                             "per_step", "prompt", "new", "loihi")),
+  *(f"emulate.{k}" for k in ("by_population", "prompt", "new", "seconds")),
+)  # fmt: skip
 _SCALARS_ONLY = ("data_info.",)  # nested blobs here (corpus metadata) are not comparisons
 _MAX_LIST = 16
 
@@ -66,14 +63,53 @@ def _is_run(d: Path) -> bool:
   return (d / "config.json").exists() or (d / sweep.STATUS).exists()
 
 
+def identities(run_dir: Path) -> dict:
+  """The content hashes of a run's checkpoint, calibration and program as they are on disk now,
+  and whether the program was lowered from exactly that checkpoint and calibration."""
+  run_dir = Path(run_dir)
+  ckpt, quant = files.checkpoint_id(run_dir), files.quant_id(run_dir)
+  bundle = run_dir / files.PROGRAM
+  manifest = files.read_json(bundle / "program.json")
+  program = bundle_io.content_sha256(bundle) if manifest else None
+  lowered = (manifest or {}).get("provenance", {}).get("inputs") or {}
+  from_these = not digest.changed(lowered, {"checkpoint": ckpt, "quant": quant})
+  return {"checkpoint": ckpt, "quant": quant, "program": program if from_these else None}
+
+
+def current_outputs(run_dir: Path) -> tuple[dict, list[str]]:
+  """({eval, emulate, measure}: the outputs whose recorded inputs are the run's now, eval per
+  precision), [the stale ones' names]."""
+  ids, out, stale = identities(run_dir), {}, []
+
+  def current(name: str, rec: dict) -> bool:
+    inputs = rec.get("inputs")
+    keys = [k for k in ids if (inputs or {}).get(k) is not None]  # None: not an input of it
+    ok = inputs is not None and not digest.changed(inputs, {k: ids[k] for k in keys})
+    if not ok:
+      stale.append(name)
+    return ok
+
+  evals = files.read_json(Path(run_dir) / files.EVAL) or {}
+  out["eval"] = {p: r for p, r in evals.items() if isinstance(r, dict) and current(f"eval.{p}", r)}
+  for stage in ("emulate", "measure"):
+    rec = files.read_json(Path(run_dir) / f"{stage}.json")
+    if rec is not None and current(stage, rec):
+      out[stage] = rec
+  return out, stale
+
+
 def _row(d: Path) -> dict:
   status = sweep.read_json(d / sweep.STATUS) or {}
   row = {"name": d.name, "status": status.get("status", "missing")}
-  row |= _flatten(sweep.read_json(d / "config.json") or {})
-  row |= _final_metrics(d / "metrics.jsonl")
-  for stage in OUTPUTS:
-    row |= _flatten(sweep.read_json(d / f"{stage}.json") or {}, f"{stage}.")
-  return row | {"error": status.get("error"), "path": str(d)}
+  row |= _flatten(sweep.read_json(d / files.CONFIG) or {})
+  row |= _final_metrics(d / files.METRICS)
+  outputs, stale = current_outputs(d)
+  for stage, rec in outputs.items():
+    row |= _flatten(rec, f"{stage}.")
+  ids = identities(d)
+  row |= {f"{k}_sha256": (v or {}).get("params_sha256") if k == "checkpoint" else v
+          for k, v in ids.items()}  # fmt: skip
+  return row | {"stale": tuple(stale), "error": status.get("error"), "path": str(d)}
 
 
 def _planned(sweep_dir: Path, present: set[str]) -> list[dict]:
@@ -89,16 +125,20 @@ def _planned(sweep_dir: Path, present: set[str]) -> list[dict]:
   return rows
 
 
+def _dropped(key: str, v) -> bool:
+  nested = isinstance(v, dict | list)
+  detail = key in _SKIP or key in _DETAIL or key.endswith(".inputs")  # hashes: the *_sha256 columns
+  return detail or (nested and key.startswith(_SCALARS_ONLY))
+
+
 def _flatten(d: dict, prefix: str = "") -> dict:
+  """Dotted columns; detail and nested blobs dropped, short lists of scalars (stages) kept as
+  hashable tuples."""
   out = {}
-  for k, v in d.items():
-    key = f"{prefix}{k}"
-    nested = isinstance(v, dict | list)
-    if key in _SKIP or key in _DETAIL or (nested and key.startswith(_SCALARS_ONLY)):
+  for key, v in flatten(d, prefix, leaf=_dropped).items():
+    if _dropped(key, v) or isinstance(v, dict):
       continue
-    if isinstance(v, dict):
-      out |= _flatten(v, key + ".")
-    elif isinstance(v, list):  # short lists of scalars (stages) stay, as hashable tuples
+    if isinstance(v, list):
       if len(v) <= _MAX_LIST and not any(isinstance(x, dict | list) for x in v):
         out[key] = tuple(v)
     else:
@@ -142,9 +182,8 @@ def to_markdown(df: "pd.DataFrame", columns=None) -> str:
 def summary(run_dir: Path) -> str:
   """Markdown: accuracy per precision level and, for the `hw` level (the one a Loihi 2 program
   runs), the predicted throughput, energy and latency per token."""
-  run_dir = Path(run_dir)
-  evals = sweep.read_json(run_dir / "eval.json") or {}
-  m = sweep.read_json(run_dir / "measure.json")
+  outputs, stale = current_outputs(Path(run_dir))
+  evals, m = outputs["eval"], outputs.get("measure")
   levels = list(evals) + (["hw"] if m and "hw" not in evals else [])
   head = (
     "| precision | val loss | ppl | bits/byte | Loihi 2 tokens/s | mJ/token | prefill tokens/s "
@@ -161,6 +200,9 @@ def summary(run_dir: Path) -> str:
     elif level != "hw":
       hw[0] = "not a Loihi program (float activations)"
     lines.append(f"| {level} | " + " | ".join(acc + hw) + " |")
+  if stale:
+    names = ", ".join(stale)
+    lines.append(f"\nstale (their inputs changed since; `mmfree run` reruns them): {names}")
   return "\n".join(lines) if levels else ""
 
 

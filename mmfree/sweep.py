@@ -1,17 +1,18 @@
 """Sweeps: one run directory per point of an experiment's `get_sweep`, run as local processes.
 
 `mmfree sweep experiments/x.py[:arg] --workdir DIR --workers N [--config.KEY=VALUE ...]` runs
-`mmfree run` once per point into `DIR/<name>/` (readable overrides plus a hash of them), up to N
-at a time; `--config.*` overrides apply to every point, after the point's own. Finished runs are
-skipped and unfinished ones resumed, so rerunning the same command after a crash or Ctrl-C
-completes only what is missing. `DIR/sweep.json` lists the points.
+`mmfree run` once per point into `DIR/<name>/`, up to N at a time; `--config.*` overrides apply
+to every point, after the point's own. A point is its resolved config: the name is the overrides
+that change it (readable) plus a hash of the whole, so `{}` and an override that sets the default
+are one run, and editing the experiment file gives its points new runs. A run is done when it
+finished with the config the experiment resolves to now; a finished run whose config differs is
+stale (rerun, or listed when it is no longer a point). Rerunning the same command after a crash or
+Ctrl-C completes only what is missing. `DIR/sweep.json` lists the points.
 """
 
 import argparse
-import ast
 import dataclasses
 import datetime
-import hashlib
 import json
 import os
 import re
@@ -19,18 +20,24 @@ import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
-from mmfree.files import STATUS, exclusive, read_json, write_json
+from mmfree import configs
+from mmfree.core import digest
+from mmfree.core.dicts import flatten
+from mmfree.core.experiment import config_changes, parse_value
+from mmfree.core.files import CONFIG, STATUS, exclusive, read_json, sigterm_as_interrupt, write_json
 
 MANIFEST = "sweep.json"
 LOG = "run.log"
 _NAME_MAX = 80  # readable part of a run name; the hash keeps truncated names distinct
 _POLL_S = 0.1
+
+
+NOT_IDENTITY = ("experiment", "tracking", "stages")  # how a run is named and logged, not what
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,19 +46,24 @@ class Run:
   dir: Path
   overrides: dict
   command: list[str]
+  config: dict  # the resolved config (`Experiment.to_dict()`), what `done` is checked against
 
 
 def default_command() -> list[str]:
   return [sys.executable, "-m", "mmfree.cli"]
 
 
-def run_name(overrides: dict) -> str:
-  """`lr=0.001,hidden_size=64-1a2b3c4d`: the last key components (sorted by full key), values
-  shortened, then 8 hex digits of sha256 over the canonical JSON of all overrides."""
-  digest = hashlib.sha256(_canonical(overrides).encode()).hexdigest()[:8]
+def identity(config: dict) -> str:
+  """The hash that names a point: its resolved config, less how it is named, logged and staged."""
+  return digest.json_sha256({k: v for k, v in config.items() if k not in NOT_IDENTITY})
+
+
+def run_name(overrides: dict, config: dict) -> str:
+  """`lr=0.001,hidden_size=64-1a2b3c4d`: the last key components (sorted by full key) of the
+  overrides that change the config, values shortened, then 8 hex digits of its `identity`."""
   words = ",".join(f"{k.rsplit('.', 1)[-1]}={_short(overrides[k])}" for k in sorted(overrides))
   words = re.sub(r"[^A-Za-z0-9_.,=+-]", "_", words)[:_NAME_MAX] or "base"
-  return f"{words}-{digest}"
+  return f"{words}-{identity(config)[:8]}"
 
 
 def _canonical(overrides: dict) -> str:
@@ -66,25 +78,43 @@ def _short(v) -> str:
   return str(v)
 
 
-def _literal(text: str):
-  """How `mmfree run` reads `--config.KEY=VALUE`: a literal, else the text. Mirrors
-  configs.parse_value (a test holds them together) so that planning needs no jax."""
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
-
-
 def override_arg(key: str, value) -> str:
   """`--config.KEY=VALUE` that reads back as `value`: strings raw where that is unambiguous."""
-  text = value if isinstance(value, str) and _literal(value) == value else repr(value)
-  if _literal(text) != value:
+  text = value if isinstance(value, str) and parse_value(value) == value else repr(value)
+  if parse_value(text) != value:
     raise ValueError(f"sweep value {key}={value!r} does not survive a command line: use a literal")
   return f"--config.{key}={text}"
 
 
 def run_status(run_dir: Path) -> str:
   return (read_json(Path(run_dir) / STATUS) or {}).get("status", "missing")
+
+
+def is_stale(run: Run) -> bool:
+  """A finished run whose config.json is not what the experiment resolves to now."""
+  changed = config_changes(read_json(run.dir / CONFIG) or {}, run.config)
+  return any(not k.startswith(("experiment.", "tracking.")) for k in changed)
+
+
+def state(run: Run) -> str:
+  """done, stale (finished with another config), failed, running or missing."""
+  status = run_status(run.dir)
+  return "stale" if status == "done" and is_stale(run) else status
+
+
+def _changing(point: dict, config: dict) -> dict:
+  """The overrides of `point` that the resolved config does not already hold as its base."""
+  flat = flatten(config)
+  same = lambda k, v: digest.json_sha256(flat.get(k)) == digest.json_sha256(v)
+  return {k: v for k, v in point.items() if not same(k, v)}
+
+
+def orphans(workdir: Path, runs: list[Run]) -> list[Path]:
+  """Run directories in `workdir` that are no point of the sweep now (its file was edited)."""
+  names = {r.name for r in runs}
+  if not workdir.is_dir():
+    return []
+  return sorted(d for d in workdir.iterdir() if (d / CONFIG).is_file() and d.name not in names)
 
 
 def plan(
@@ -101,19 +131,21 @@ def plan(
   workdir that holds a different sweep."""
   workdir, extra = Path(workdir), dict(extra_overrides or {})
   if points is None:
-    from mmfree.configs import load_sweep  # the experiment loader lives with the configs
-
-    points = load_sweep(spec)
+    points = configs.load_sweep(spec)
   prefix = list(command_prefix or default_command())
-  runs = []
+  base = configs.load_experiment(spec, extra).to_dict()
+  runs, seen = [], {}
   for point in points:
-    name = run_name(point)
+    config = configs.load_experiment(spec, {**point, **extra}).to_dict()
+    point = {k: v for k, v in point.items() if k not in extra}  # extra wins: not the point's
+    name = run_name(_changing(point, {k: v for k, v in base.items() if k != "experiment"}), config)
+    if name in seen:  # e.g. {} and {"quant.act_bits": 8}, the default: one run
+      print(f"{spec}: points {seen[name]} and {point} resolve to the same config: one run {name}")
+      continue
+    seen[name] = point
     args = [override_arg(k, v) for k, v in [*point.items(), *extra.items()]]
     cmd = [*prefix, "run", spec, "--workdir", str(workdir / name), *args]
-    runs.append(Run(name, workdir / name, dict(point), cmd))
-  names = [r.name for r in runs]
-  if len(set(names)) < len(names):
-    raise ValueError(f"{spec}: get_sweep repeats a point: {sorted(names)}")
+    runs.append(Run(name, workdir / name, dict(point), cmd, config))
   old = read_json(workdir / MANIFEST)
   if old and (old.get("spec"), _canonical(old.get("extra_overrides"))) != (spec, _canonical(extra)):
     raise ValueError(
@@ -143,12 +175,20 @@ def run_sweep(
   runs = plan(
     spec, workdir, extra_overrides, points=points, command_prefix=command_prefix, write=not dry_run
   )
-  todo = [r for r in runs if run_status(r.dir) != "done"]
-  summary = {"done": 0, "failed": 0, "skipped": len(runs) - len(todo)}
-  print(f"{spec}: {len(runs)} runs in {workdir}, {summary['skipped']} done, {len(todo)} to run")
+  states = {r.name: state(r) for r in runs}
+  todo = [r for r in runs if states[r.name] != "done"]
+  stale = [r.name for r in runs if states[r.name] == "stale"]
+  summary = {"done": 0, "failed": 0, "skipped": len(runs) - len(todo), "stale": len(stale)}
+  why = f" ({len(stale)} stale: finished with another config, rerun)" if stale else ""
+  done = summary["skipped"]
+  print(f"{spec}: {len(runs)} runs in {workdir}, {done} done, {len(todo)} to run{why}")
+  gone = orphans(Path(workdir), runs)
+  if gone:
+    print(f"  {len(gone)} runs here are no point of the sweep now (stale, not counted): "
+          + ", ".join(d.name for d in gone))  # fmt: skip
   if dry_run:
     for r in runs:
-      print(f"  {run_status(r.dir):8} {r.name}\n           {shlex.join(r.command)}")
+      print(f"  {states[r.name]:8} {r.name}\n           {shlex.join(r.command)}")
     return summary
   with _lock(Path(workdir)):
     failed = _run_all(todo, workers, summary)
@@ -164,40 +204,33 @@ def _lock(workdir: Path):
   return exclusive(workdir / ".sweep.lock", RuntimeError(f"another sweep is running in {workdir}"))
 
 
-def _interrupt(signum, frame):
-  raise KeyboardInterrupt(f"signal {signum}")
-
-
 def _run_all(todo: list[Run], workers: int, summary: dict) -> list[Run]:
   env = dict(os.environ, PYTHONUNBUFFERED="1")  # run.log keeps up with the child
   if workers > 1:  # JAX would otherwise give most of the accelerator's memory to the first run
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   pending, running, failed = list(todo), {}, []
-  main_thread = threading.current_thread() is threading.main_thread()
-  previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
   bar = tqdm(total=len(todo), desc="sweep", unit="run", dynamic_ncols=True)
-  try:
-    while pending or running:
-      while pending and len(running) < workers:
-        run = pending.pop(0)
-        running[_start(run, env)] = (run, time.perf_counter())
-        bar.write(f"start  {run.name}")
-      time.sleep(_POLL_S)
-      for proc in [p for p in running if p.poll() is not None]:
-        run, t0 = running.pop(proc)
-        ok = _finish(run, proc.returncode)
-        summary["done" if ok else "failed"] += 1
-        if not ok:
-          failed.append(run)
-        why = "" if ok else f" (exit {proc.returncode}, see {run.dir / LOG})"
-        word = "done" if ok else "FAILED"
-        bar.write(f"{word:6} {run.name} in {time.perf_counter() - t0:.1f}s{why}")
-        bar.update()
-  finally:
-    _stop(list(running))
-    bar.close()
-    if main_thread:
-      signal.signal(signal.SIGTERM, previous)
+  with sigterm_as_interrupt():
+    try:
+      while pending or running:
+        while pending and len(running) < workers:
+          run = pending.pop(0)
+          running[_start(run, env)] = (run, time.perf_counter())
+          bar.write(f"start  {run.name}")
+        time.sleep(_POLL_S)
+        for proc in [p for p in running if p.poll() is not None]:
+          run, t0 = running.pop(proc)
+          ok = _finish(run, proc.returncode)
+          summary["done" if ok else "failed"] += 1
+          if not ok:
+            failed.append(run)
+          why = "" if ok else f" (exit {proc.returncode}, see {run.dir / LOG})"
+          word = "done" if ok else "FAILED"
+          bar.write(f"{word:6} {run.name} in {time.perf_counter() - t0:.1f}s{why}")
+          bar.update()
+    finally:
+      _stop(list(running))
+      bar.close()
   return failed
 
 

@@ -26,9 +26,9 @@ def _write_run(preset: str, d: Path):
   from flax import nnx
 
   from mmfree import models
+  from mmfree.core.quant import QuantConfig
   from mmfree.models import hf
   from mmfree.quant import calibrate
-  from mmfree.quant.config import QuantConfig
 
   cfg = models.preset(preset).replace(precision="bitnet")
   model = models.MMfreeLM(cfg, nnx.Rngs(0))

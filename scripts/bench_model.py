@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mmfree.api import LanguageModel
+from mmfree.algorithms import train as loop
+from mmfree.algorithms.load import LanguageModel
 from mmfree.models import MMfreeLM, preset
-from mmfree.train import loop
 
 REFERENCE_TOKENS_PER_S = 0.52  # reference PyTorch implementation, 370M, this CPU (issue 2)
 

@@ -7,10 +7,10 @@ import pytest
 from flax import nnx
 
 import mmfree
-from mmfree.api import LanguageModel
+from mmfree.algorithms.load import LanguageModel
 from mmfree.models import MMfreeLM, preset
-from mmfree.sample import sample
-from mmfree.train import checkpoint
+from mmfree.models.sample import sample
+from mmfree.store import checkpoint
 
 
 @pytest.fixture(scope="module")

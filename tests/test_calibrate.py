@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from mmfree.core.quant import ALL_POINTS, QuantConfig
 from mmfree.models import MMfreeLM, preset
 from mmfree.quant import calibrate, hw
-from mmfree.quant.config import ALL_POINTS, QuantConfig
 
 
 @pytest.fixture(scope="module")

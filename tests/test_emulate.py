@@ -12,13 +12,13 @@ import pytest
 from flax import nnx
 
 import mmfree
-from mmfree.api import read_params
+from mmfree.algorithms.load import read_params
 from mmfree.cli import main
 from mmfree.data.sources import DataConfig, load_data
 from mmfree.loihi import bundle_io, emulate, hardware, lower, mapping, program, ranges
 from mmfree.quant import calibrate
 from mmfree.quant.points import Probe, recorder, set_hw, set_probe
-from mmfree.train.checkpoint import build_model
+from mmfree.store.checkpoint import build_model
 
 T = 64
 

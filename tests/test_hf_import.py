@@ -16,7 +16,7 @@ from safetensors.numpy import save_file
 
 from mmfree.models import hf
 from mmfree.models.lm import lower_bounds
-from mmfree.train.checkpoint import abstract_params, build_model
+from mmfree.store.checkpoint import abstract_params, build_model
 
 V, H, L, M, EPS = 50, 16, 2, 32, 1e-6  # M: intermediate_size, the spec's I
 B, T = 2, 5

@@ -13,11 +13,11 @@ from flax import nnx
 
 import mmfree
 from mmfree.cli import main
+from mmfree.core.quant import QuantConfig, Scale
 from mmfree.data.sources import DataConfig, load_data
 from mmfree.loihi import fixed, neurons
 from mmfree.models.lm import lower_bounds
 from mmfree.quant import calibrate, hw
-from mmfree.quant.config import QuantConfig, Scale
 from mmfree.quant.points import Probe, recorder, set_probe
 
 SMOKE = str(Path(__file__).parent.parent / "experiments/tiny.py:smoke")
@@ -36,9 +36,9 @@ def text_tokens():
 
 def _model(run_dir, **quant):
   """The run's model at `hw` with its calibrated scales; `quant` overrides its QuantConfig."""
-  from mmfree.api import read_params
+  from mmfree.algorithms.load import read_params
   from mmfree.quant.points import set_hw
-  from mmfree.train.checkpoint import build_model
+  from mmfree.store.checkpoint import build_model
 
   cfg, params = read_params(Path(run_dir))
   model = build_model(cfg.replace(precision="hw"), params)
@@ -239,7 +239,7 @@ def test_hw_without_calibration_says_what_to_run(tmp_path):
 
 
 def test_eval_reports_saturation_at_hw(run):
-  from mmfree.evaluate import evaluate_model
+  from mmfree.algorithms.evaluate import evaluate_model
 
   r = evaluate_model(run, DataConfig(tokenizer="byte"), 32, "hw", max_windows=8)
   assert r["precision"] == "hw" and 0 <= r["saturation_pct"] <= 100

@@ -81,7 +81,7 @@ def test_emulate_stage_refuses_a_program_that_differs_from_the_model(measured_sw
   )  # stored dense
   np.save(path, -np.load(path))  # the group's signs flipped: a program that is not the model
   with pytest.raises(ValueError, match="differ from the `hw` model's"):
-    run_experiment(configs.load_experiment(SPEC), d, stages=("emulate",))
+    run_experiment(configs.load_experiment(SPEC), d, only=("emulate",))
 
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mmfree.quant.config import ALL_POINTS, QuantConfig
+from mmfree.core.quant import ALL_POINTS, QuantConfig
 
 
 def test_defaults_and_per_point_widths():

@@ -10,12 +10,12 @@ import pytest
 
 import mmfree
 from mmfree import configs
+from mmfree.algorithms.evaluate import with_model_tokenizer
 from mmfree.data import pipeline
 from mmfree.data.sources import load_data
-from mmfree.evaluate import with_model_tokenizer
 from mmfree.quant import calibrate
 from mmfree.run import run_experiment
-from mmfree.train import checkpoint
+from mmfree.store import checkpoint
 
 ROOT = Path(__file__).parent.parent
 SMOKE = str(ROOT / "experiments/tiny.py:smoke")
@@ -39,8 +39,8 @@ def test_post_training_quantization_takes_the_weights_as_they_are(base, tmp_path
   run_experiment(exp, tmp_path)
   with checkpoint.manager(tmp_path) as mgr:
     assert mgr.all_steps() == [0]
-  _, src = mmfree.api.read_params(base)
-  _, dst = mmfree.api.read_params(tmp_path)
+  _, src = mmfree.algorithms.load.read_params(base)
+  _, dst = mmfree.algorithms.load.read_params(tmp_path)
   jax.tree.map(np.testing.assert_array_equal, src, dst)
   ev = _eval(tmp_path)
   assert set(ev) == {"bitnet", "hw"} and "saturation_pct" in ev["hw"]
@@ -71,8 +71,8 @@ def test_qat_trains_at_hw_from_the_calibrated_start(base, tmp_path):
   assert any("val_loss" in r for r in rows) and rows[-1]["step"] == 3
   trained = mmfree.load(tmp_path)
   assert trained.config.precision == "hw"
-  _, before = mmfree.api.read_params(base)
-  _, after = mmfree.api.read_params(tmp_path)
+  _, before = mmfree.algorithms.load.read_params(base)
+  _, after = mmfree.algorithms.load.read_params(tmp_path)
   pairs = zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True)
   moved = [not np.array_equal(a, b) for a, b in pairs]
   assert any(moved), "QAT left every weight unchanged"

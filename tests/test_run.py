@@ -15,8 +15,8 @@ import pytest
 from mmfree import configs
 from mmfree.cli import main
 from mmfree.run import run_experiment
-from mmfree.train import checkpoint
-from mmfree.train.metrics import read_jsonl
+from mmfree.store import checkpoint
+from mmfree.store.metrics import read_jsonl
 
 ROOT = Path(__file__).parent.parent
 SMOKE = str(ROOT / "experiments/tiny.py:smoke")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mmfree import configs, results, sweep
-from mmfree.train.metrics import read_jsonl
+from mmfree.store.metrics import read_jsonl
 
 SPEC = str(Path(__file__).parent.parent / "experiments/tiny.py:smoke")
 DRIVER = "import sys; from mmfree.sweep import run_sweep; run_sweep(sys.argv[1], sys.argv[2], 2)"

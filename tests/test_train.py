@@ -9,7 +9,7 @@ import pytest
 
 import mmfree
 from mmfree.cli import main
-from mmfree.train.metrics import read_jsonl
+from mmfree.store.metrics import read_jsonl
 
 SMOKE = str(Path(__file__).parent.parent / "experiments/tiny.py:smoke")
 

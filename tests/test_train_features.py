@@ -11,10 +11,10 @@ from flax import nnx
 
 import mmfree
 from mmfree import configs
+from mmfree.algorithms import train as loop
 from mmfree.cli import main
 from mmfree.models import MMfreeLM, preset
 from mmfree.run import run_experiment
-from mmfree.train import loop
 
 SMOKE = str(Path(__file__).parent.parent / "experiments/tiny.py:smoke")
 

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import tokenizers
 
+from mmfree.core import digest
+from mmfree.core.data import MIN_BPE_VOCAB, DataConfig
 from mmfree.data import readers
 from mmfree.data.corpus import embedded_corpus, held_out
 from mmfree.data.readers import field_error
@@ -47,55 +49,8 @@ from mmfree.data.tokenizers import (
   unigram_entropy,
 )
 
-SOURCES = ("embedded", "text", "jsonl", "tokens", "hf")
 _CACHE_VERSION = 1  # bump when what a cache entry holds, or how it is made, changes
 _META = "meta.json"
-_MIN_BPE_VOCAB = 258  # 256 bytes + <s> + </s>
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-  """Where the tokens come from, how val is held out and how text becomes ids."""
-
-  source: str = "embedded"  # embedded | text | jsonl | tokens | hf
-  path: str = ""  # file, directory or glob (text/jsonl/tokens); dataset or builder name (hf)
-  val_path: str = ""  # val files like `path`, or (hf) a split name; else val_fraction holds out
-  text_field: str = "text"  # of JSONL objects and hf rows
-  hf_config: str = ""
-  hf_split: str = "train"
-  data_files: str = ""  # comma-separated local files for an hf builder ("json", "text"): offline
-  streaming: bool = False  # hf only, with max_docs
-  max_docs: int = 0  # documents read from each of path and val_path; 0 = all
-  val_fraction: float = 0.05
-  tokenizer: str = "bpe"  # byte | bpe | path to tokenizer.model, tokenizer.json or their dir;
-  # for token files "bpe" means ids only (no text to train on)
-  vocab_size: int = 4096  # of the bpe; the model's for token files without a tokenizer
-  seed: int = 0  # salts the hash that holds out text/jsonl/hf documents
-
-  def __post_init__(self):
-    src, doc_source = self.source, self.source in ("text", "jsonl", "hf")
-    bpe = self.tokenizer == "bpe" and src != "tokens"
-    min_vocab = _MIN_BPE_VOCAB if bpe else 1
-    checks = [
-      ("source", src not in SOURCES, f"expected one of {', '.join(SOURCES)}"),
-      ("path", src != "embedded" and not self.path, f"data.source={src!r} needs a path"),
-      ("path", src == "embedded" and self.path, "the embedded corpus has no path"),
-      ("val_path", src == "embedded" and self.val_path, "the embedded corpus has a fixed val"),
-      ("data_files", self.data_files and src != "hf", "applies to data.source='hf' only"),
-      ("streaming", self.streaming and src != "hf", "applies to data.source='hf' only"),
-      ("max_docs", self.max_docs and not doc_source, "applies to text, jsonl and hf sources"),
-      ("max_docs", self.max_docs < 0, "expected 0 (all) or a positive count"),
-      ("max_docs", self.streaming and not self.max_docs, "streaming needs a limit (> 0)"),
-      ("seed", self.seed and not doc_source, "the split of this source is fixed"),
-      ("val_fraction", not 0 <= self.val_fraction <= 0.5, "expected a fraction in [0, 0.5]"),
-      ("val_fraction", self.val_fraction == 0 and not self.val_path, "holds out nothing: no val"),
-      ("text_field", not self.text_field, "expected a field name"),
-      ("tokenizer", not self.tokenizer, "expected byte, bpe or a path"),
-      ("vocab_size", self.vocab_size < min_vocab, f"expected >= {min_vocab}" + " (bpe)" * bpe),
-    ]
-    for field, bad, why in checks:
-      if bad:
-        raise field_error(field, getattr(self, field), why)
 
 
 @dataclasses.dataclass
@@ -312,6 +267,21 @@ def _cache_key(cfg: DataConfig) -> str:
   return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
+def identity(cfg: DataConfig) -> dict:
+  """The token stream's identity by content: the config (a tokenizer named by its files' hash,
+  not its path), what the source reads (the embedded corpus's hash; files' paths, sizes and
+  mtimes) and the tokenizer. Stage outputs record its hash (`data_id`)."""
+  fields = dataclasses.asdict(cfg)
+  if cfg.tokenizer not in ("byte", "bpe"):
+    fields.pop("tokenizer")
+  return {"version": _CACHE_VERSION, "config": fields, "inputs": _inputs(cfg),
+          "tokenizer": _tokenizer_id(cfg)}  # fmt: skip
+
+
+def data_id(cfg: DataConfig) -> str:
+  return digest.json_sha256(identity(cfg))
+
+
 def _docs_key(cfg: DataConfig) -> str | None:
   """What identifies the train documents without reading them; None: hash their text instead."""
   if cfg.source == "embedded":
@@ -416,8 +386,8 @@ def _build(cfg: DataConfig, root: Path, entry: Path):
 
 def train_tokenizer(cfg: DataConfig, vocab_size: int, out_dir: Path) -> Tokenizer:
   """A byte-level BPE trained on the train documents of `cfg`, saved as out_dir/tokenizer.json."""
-  if vocab_size < _MIN_BPE_VOCAB:
-    raise ValueError(f"vocab_size={vocab_size}: a byte-level BPE needs >= {_MIN_BPE_VOCAB}")
+  if vocab_size < MIN_BPE_VOCAB:
+    raise ValueError(f"vocab_size={vocab_size}: a byte-level BPE needs >= {MIN_BPE_VOCAB}")
   tok = train_bpe(_train_texts(cfg), vocab_size)  # one streaming pass, nothing cached
   tok.save(Path(out_dir))
   return tok

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmfree.core import digest
 from mmfree.loihi.program import (
   ARRAYS,
   CONFIG,
@@ -179,6 +180,20 @@ def load(directory, mmap: bool = True) -> Program:
     return Program(**config, populations=pops, synapses=syns, arrays=arrays)
   except ValueError as e:
     raise ValueError(f"{path}: {e}") from None
+
+
+def content_sha256(directory) -> str:
+  """A program's identity: program.json without its provenance, and every array file. Two
+  lowerings with different weights or scales differ, whenever they ran; the same program
+  lowered twice is one."""
+  directory = Path(directory)
+  try:
+    manifest = json.loads((directory / MANIFEST).read_text())
+  except (FileNotFoundError, json.JSONDecodeError) as e:
+    raise FileNotFoundError(f"{directory}: no readable {MANIFEST} ({e}): {LOWER}") from None
+  manifest.pop("provenance", None)
+  arrays = digest.files_sha256(sorted((directory / ARRAYS).glob("*.npy")), directory / ARRAYS)
+  return digest.json_sha256({"program": manifest, "arrays": arrays})
 
 
 def summary(program: Program) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmfree.loihi import cost, hardware
+from mmfree.loihi import cost, hardware, measure
 
 FREE = ("time.synop", "energy.static")  # the defaults: one for time, one for energy
 FIGURES = ("tokens_per_s", "mj_per_token")
@@ -46,8 +46,6 @@ def read_rows(path: Path) -> list[Row]:
 
 
 def _row(r: dict, i: int, path: Path) -> Row:
-  from mmfree import measure
-
   where = f"{path}: row {i}"
   if not isinstance(r, dict) or "run" not in r:
     raise ValueError(f"{where}: needs a `run` (a run directory, bundle or measure.json)")

@@ -13,6 +13,8 @@ import json
 import math
 from pathlib import Path
 
+from mmfree.core.dicts import flatten
+
 BRIEF = "Intel, Loihi 2 technology brief (2021)"
 ORCHARD = "Orchard et al. 2021, arXiv:2111.03746"
 HALA_POINT = "Intel, Hala Point announcement (2024)"
@@ -188,18 +190,6 @@ def constants(hw: Hardware = DEFAULT) -> dict[str, Constant]:
   return out
 
 
-def _flatten(obj: dict, prefix: str = "") -> dict:
-  """Nested {"core": {"memory": …}} and dotted {"core.memory": …} both become dotted names."""
-  out = {}
-  for k, v in obj.items():
-    name = f"{prefix}{k}"
-    if isinstance(v, dict) and "value" not in v:
-      out.update(_flatten(v, name + "."))
-    else:
-      out[name] = v
-  return out
-
-
 RATES = ("s", "J", "W")  # units of the cost model's constants
 FIT = "fit"  # a constants file's record of what it was fitted to (not a constant)
 
@@ -226,7 +216,8 @@ def _override(name: str, old: Constant, new, source: str) -> Constant:
 
 def replace(hw: Hardware, overrides: dict, source: str = "override") -> Hardware:
   """`hw` with the named constants replaced; a value is a number or {value, unit?, source?}."""
-  flat, known = _flatten(overrides), constants(hw)
+  flat = flatten(overrides, leaf=lambda _, v: "value" in v)  # {"value": ...} is one constant
+  known = constants(hw)
   unknown = sorted(set(flat) - set(known))
   if unknown:
     raise ValueError(f"unknown hardware constants {unknown}: known names are {list(known)}")

@@ -7,9 +7,9 @@ and the standard library only: this runs in the Lava environment (Python 3.10, n
 
 import dataclasses
 import datetime
-import hashlib
 import importlib.metadata
 import json
+import math
 import re
 
 import numpy as np
@@ -285,8 +285,9 @@ def _check_weights(p: Program, s: Synapses, who: str):
     )
 
 
-def provenance(source: str, quant: dict) -> dict:
-  """Where a program comes from: source run, sha256 of the quant config, time, mmfree version."""
+def provenance(source: str, inputs: dict) -> dict:
+  """Where a program comes from: the source run, the content hashes of what it was lowered from
+  (checkpoint, calibration), the mmfree version; the time is for people (it identifies nothing)."""
   try:
     version = importlib.metadata.version("mmfree")
   except importlib.metadata.PackageNotFoundError:
@@ -294,7 +295,14 @@ def provenance(source: str, quant: dict) -> dict:
   utc = datetime.timezone.utc  # noqa: UP017 (datetime.UTC is Python 3.11+; Lava runs on 3.10)
   return {
     "source": str(source),
-    "quant_sha256": hashlib.sha256(json.dumps(quant, sort_keys=True).encode()).hexdigest(),
+    "inputs": inputs,
     "created": datetime.datetime.now(utc).isoformat(timespec="seconds"),
     "mmfree": version,
   }
+
+
+def zero_share(p: Program) -> float:
+  """Share of zero weights over the BitLinear synapse groups (identity skips excluded)."""
+  groups = [s for s in p.synapses if not is_skip(s)]
+  total = sum(s.n_in * s.n_out for s in groups)
+  return 1 - sum(p.nnz(s.name) for s in groups) / total if total else math.nan

@@ -13,7 +13,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from mmfree.models.config import ModelConfig
+from mmfree.core.model import ModelConfig
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -175,7 +175,7 @@ def from_params(params: dict, cfg: ModelConfig) -> dict[str, np.ndarray]:
   return out
 
 
-def _weight_files(d: Path) -> tuple[list[Path], dict | None]:
+def weight_files(d: Path) -> tuple[list[Path], dict | None]:
   """The safetensors files to read (and the index's weight map); pickles get a conversion hint."""
   if not d.is_dir():
     raise FileNotFoundError(f"checkpoint directory {d} not found")
@@ -203,7 +203,7 @@ def _weight_files(d: Path) -> tuple[list[Path], dict | None]:
 def read_tensors(ckpt_dir) -> dict[str, np.ndarray]:
   """All tensors of `model.safetensors` or of the shards its index lists; floats become float32."""
   d = Path(ckpt_dir)
-  files, weight_map = _weight_files(d)
+  files, weight_map = weight_files(d)
   tensors = {}
   for f in files:
     with safe_open(f, framework="numpy") as sf:
@@ -220,7 +220,7 @@ def read_tensors(ckpt_dir) -> dict[str, np.ndarray]:
 
 def load_hf(ckpt_dir) -> tuple[ModelConfig, dict]:
   """(config, params pure dict) from an upstream checkpoint directory."""
-  _weight_files(Path(ckpt_dir))  # a directory of pickles is told how to convert before anything
+  weight_files(Path(ckpt_dir))  # a directory of pickles is told how to convert before anything
   cfg = hf_config(ckpt_dir)
   tensors = read_tensors(ckpt_dir)
   try:

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mmfree.models.config import ModelConfig
+from mmfree.core.model import ModelConfig
 from mmfree.models.layers import BitLinear, RMSNorm
 from mmfree.models.mlgru import MLGRU
 from mmfree.quant import hw as hw_lib

@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mmfree.core.model import ModelConfig
 from mmfree.loihi import fixed, neurons
-from mmfree.models.config import ModelConfig
 from mmfree.models.layers import BitLinear, RMSNorm
 from mmfree.quant import hw as hw_lib
 from mmfree.quant.points import point

@@ -18,12 +18,13 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from mmfree.core.experiment import as_tuples, to_dataclass
+from mmfree.core.files import QUANT, read_json
+from mmfree.core.quant import QuantConfig
 from mmfree.loihi.fixed import pow2_exponent
 from mmfree.quant import hw
-from mmfree.quant.config import QuantConfig
 from mmfree.quant.points import Probe, Scale, recorder, set_probe, set_scales
 
-QUANT = "quant"
 FORMAT = 3  # of quant/: 2 added the integer RMSNorm points, 3 bitlinear_out (older: refused)
 
 
@@ -129,38 +130,8 @@ def save(run_dir: Path, cfg: QuantConfig, scales: dict, stats: dict, meta: dict)
   shutil.rmtree(old, ignore_errors=True)
 
 
-def calibrate_run(
-  run_dir: Path,
-  cfg: QuantConfig,
-  data_cfg,
-  num_batches: int,
-  batch_size: int,
-  seq_len: int,
-  source: Path | None = None,
-) -> dict:
-  """Calibrate the `bitnet` model of `source` (default: the run itself) on its training data;
-  writes `run_dir/quant/` (QAT calibrates the checkpoint it starts from into the new run)."""
-  from mmfree.api import read_params
-  from mmfree.data import pipeline
-  from mmfree.evaluate import load_model_data
-  from mmfree.train.checkpoint import build_model
-
-  model_cfg, params = read_params(Path(source or run_dir))
-  model = build_model(model_cfg.replace(precision="bitnet"), params)
-  data = load_model_data(data_cfg, Path(run_dir), model_cfg.vocab_size)
-  it = pipeline.batches(data.train_N, batch_size, seq_len, seed=0)
-  batches = [next(it)[:, :-1] for _ in range(num_batches)]
-  scales, stats = calibrate(model, batches, cfg)
-  meta = {"batches": num_batches, "batch_size": batch_size, "seq_len": seq_len,
-          "data": data.info.get("description"), "source": str(source or run_dir)}  # fmt: skip
-  save(Path(run_dir), cfg, scales, stats, meta)
-  return stats
-
-
 def saved_config(run_dir: Path) -> QuantConfig:
   """The QuantConfig that `RUN_DIR/quant/` was calibrated with."""
-  from mmfree import configs
-
   path = Path(run_dir) / QUANT / "config.json"
   if not path.is_file():
     raise FileNotFoundError(
@@ -172,17 +143,15 @@ def saved_config(run_dir: Path) -> QuantConfig:
       f"{path} is from an older version of mmfree: run `mmfree quantize calibrate {run_dir}` again"
     )
   try:
-    return configs.to_dataclass(QuantConfig, configs.as_tuples(saved), "quant")
+    return to_dataclass(QuantConfig, as_tuples(saved), "quant")
   except ValueError as e:
     raise ValueError(f"{path}: {e}; calibrate again") from None
 
 
-def is_current(run_dir: Path, cfg: QuantConfig) -> bool:
-  """Whether `RUN_DIR/quant/` holds a complete calibration made with `cfg`."""
-  try:
-    return saved_config(run_dir) == cfg and (Path(run_dir) / QUANT / "scales.json").is_file()
-  except (FileNotFoundError, ValueError):
-    return False
+def recorded_inputs(run_dir: Path) -> dict | None:
+  """The inputs `RUN_DIR/quant/` was calibrated from, as its calibration record holds them."""
+  saved = read_json(Path(run_dir) / QUANT / "config.json") or {}
+  return saved.get("calibration", {}).get("inputs")
 
 
 def load(run_dir: Path) -> tuple[QuantConfig, dict[str, Scale]]:

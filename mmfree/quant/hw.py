@@ -14,8 +14,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from mmfree.core.quant import QuantConfig, Scale
 from mmfree.loihi import fixed, neurons
-from mmfree.quant.config import QuantConfig, Scale
 
 sg = jax.lax.stop_gradient
 # Points whose format the kernels fix (Q.lut_out_frac gates, integer accumulators): no calibration.

@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mmfree.core.quant import Scale
 from mmfree.quant import hw as hw_lib
-from mmfree.quant.config import Scale
 
 PROBES = ("stats", "measure", "values")
 PREFIX = "point_"  # sown attribute names: points may share a name with a submodule

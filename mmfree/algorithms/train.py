@@ -5,62 +5,25 @@ checkpointed together, so a run killed at any point and rerun continues to bit-i
 parameters.
 """
 
-import dataclasses
+import functools
 import math
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
+from mmfree.algorithms import evaluate
+from mmfree.core.train import TrainConfig
 from mmfree.data import pipeline
 from mmfree.models import MMfreeLM, ModelConfig
 from mmfree.quant.points import set_hw
-from mmfree.train import checkpoint
-from mmfree.train.tracking import Tracker
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-  steps: int = 300
-  batch_size: int = 16
-  seq_len: int = 128
-  grad_accum: int = 1  # micro-batches per step: batch_size / grad_accum sequences each
-  lr: float = 3e-3
-  min_lr_ratio: float = 0.1
-  warmup_steps: int = 50
-  weight_decay: float = 0.01
-  b1: float = 0.9
-  b2: float = 0.95
-  grad_clip: float = 1.0
-  eval_every: int = 100
-  eval_windows: int = 64
-  log_every: int = 10
-  ckpt_every: int = 100
-  keep_checkpoints: int = 2
-  seed: int = 0
-  init_from: str = ""  # a run directory or Hugging Face checkpoint to fine-tune from
-  vocab_size: int = 0  # the model's vocabulary: 0 = the tokenizer's; more pads embedding and head
-
-  def __post_init__(self):
-    positive = ("batch_size", "seq_len", "grad_accum", "log_every", "eval_every",
-                "eval_windows", "ckpt_every", "keep_checkpoints")  # fmt: skip
-    for name in positive:
-      if getattr(self, name) < 1:
-        raise ValueError(f"train.{name}={getattr(self, name)}: must be a positive integer")
-    if self.warmup_steps < 0:
-      raise ValueError(f"train.warmup_steps={self.warmup_steps}: must be >= 0")
-    if self.steps < 0:  # 0 saves the initial weights: init_from's, or a random initialization
-      raise ValueError(f"train.steps={self.steps}: must be 0 or more")
-    if self.vocab_size < 0:
-      raise ValueError(f"train.vocab_size={self.vocab_size}: must be 0 (the tokenizer's) or more")
-    if self.batch_size % self.grad_accum:
-      raise ValueError(f"train.grad_accum={self.grad_accum} must divide train.batch_size")
+from mmfree.store import checkpoint
+from mmfree.store.tracking import Tracker
 
 
 def optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
@@ -75,21 +38,18 @@ def optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
   )
 
 
-def cross_entropy(logits_BxTxV, targets_BxT):
-  return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT).mean()
-
-
-def make_loss(graphdef):
-  def loss_fn(params, batch_BxT1):
+def make_token_nll(graphdef):
+  def token_nll(params, batch_BxT1):
     logits_BxTxV, _ = nnx.merge(graphdef, params)(batch_BxT1[:, :-1])
-    return cross_entropy(logits_BxTxV, batch_BxT1[:, 1:])
+    return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, batch_BxT1[:, 1:])
 
-  return loss_fn
+  return token_nll
 
 
 def make_steps(graphdef, tx, grad_accum: int = 1):
-  """Jitted train and eval steps on plain pytrees (params, optimizer state)."""
-  loss_fn = make_loss(graphdef)
+  """A jitted train step and per-token loss [B, T] on plain pytrees (params, optimizer state)."""
+  token_nll = make_token_nll(graphdef)
+  loss_fn = lambda params, batch_BxT1: token_nll(params, batch_BxT1).mean()
   grad_fn = jax.value_and_grad(loss_fn)
 
   def accumulated(params, batch_BxT1):
@@ -113,18 +73,7 @@ def make_steps(graphdef, tx, grad_accum: int = 1):
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss, optax.tree.norm(grads)
 
-  return train_step, jax.jit(loss_fn)
-
-
-def evaluate(eval_loss, params, windows_NxT1, bytes_per_token: float | None, batch: int = 16):
-  """Mean next-token loss over windows, perplexity and (when known) bits per byte."""
-  chunks = [windows_NxT1[i : i + batch] for i in range(0, len(windows_NxT1), batch)]
-  losses = [float(eval_loss(params, c)) for c in chunks]
-  loss = float(np.average(losses, weights=[len(c) for c in chunks]))
-  out = {"val_loss": loss, "val_ppl": math.exp(min(loss, 700))}
-  if bytes_per_token:
-    out["val_bpb"] = loss / math.log(2) / bytes_per_token
-  return out
+  return train_step, jax.jit(token_nll)
 
 
 def initial_params(model_cfg: ModelConfig, cfg: TrainConfig, hw=None):
@@ -133,9 +82,7 @@ def initial_params(model_cfg: ModelConfig, cfg: TrainConfig, hw=None):
   if not cfg.init_from:
     model = MMfreeLM(model_cfg, nnx.Rngs(cfg.seed))
   else:
-    from mmfree.api import read_params  # the loader of run and Hugging Face directories
-
-    _, params = read_params(Path(cfg.init_from))
+    _, params = checkpoint.read_params(Path(cfg.init_from))
     model = checkpoint.build_model(model_cfg, params)
   if hw is not None:
     set_hw(model, *hw)
@@ -185,7 +132,7 @@ def train(
         checkpoint.save_train_state(mgr, 0, params, opt_state)
       return {}
     params, opt_state = jax.device_put((params, opt_state), replicated)
-    train_step, eval_loss = make_steps(graphdef, tx, cfg.grad_accum)
+    train_step, token_nll = make_steps(graphdef, tx, cfg.grad_accum)
     val_NxT1 = pipeline.eval_windows(data.val_N, cfg.seq_len, cfg.eval_windows)
     batches = pipeline.batches(data.train_N, cfg.batch_size, cfg.seq_len, cfg.seed, start)
     bpt = data.info.get("val_bytes_per_token")
@@ -211,7 +158,8 @@ def train(
         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps or 0:,.0f}")
         final.update(loss=loss, tokens_per_s=tps)
       if step % cfg.eval_every == 0 or step == cfg.steps:
-        ev = evaluate(eval_loss, params, val_NxT1, bpt)
+        scores = evaluate.score(functools.partial(token_nll, params), val_NxT1, bpt, 16)
+        ev = {f"val_{k}": scores[k] for k in ("loss", "ppl", "bpb") if scores[k] is not None}
         tracker.log(step, **ev)
         bar.write(f"step {step}: val_loss {ev['val_loss']:.3f} (ppl {ev['val_ppl']:.1f})")
         final.update(ev)

@@ -5,33 +5,32 @@ Bits per byte divide by the UTF-8 bytes of the text, so models with different to
 
 import dataclasses
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from mmfree.data import pipeline
-from mmfree.data.sources import DataConfig, load_data
+from mmfree.algorithms.load import load
+from mmfree.core.data import DataConfig
+from mmfree.data import pipeline, sources
 from mmfree.data.tokenizers import load_tokenizer
-from mmfree.models.config import PRECISIONS
 
 
-@dataclasses.dataclass(frozen=True)
-class EvalConfig:
-  """The eval and calibrate stages of `mmfree run`."""
+def figures(loss: float, bytes_per_token: float | None) -> dict:
+  """Loss (nats per token), perplexity and, when the text's bytes are known, bits per byte."""
+  bpb = loss / math.log(2) / bytes_per_token if bytes_per_token else None
+  return {"loss": loss, "ppl": math.exp(min(loss, 700)), "bpb": bpb}
 
-  precisions: tuple[str, ...] = ()  # () evaluates the model at its own precision
-  max_windows: int = 512  # held-out windows of train.seq_len tokens
-  calib_batches: int = 16  # batches of training text observed by the calibrate stage
-  calib_batch_size: int = 8
 
-  def __post_init__(self):
-    bad = [p for p in self.precisions if p not in PRECISIONS]
-    if bad:
-      raise ValueError(f"eval.precisions: unknown {bad}; choose from {PRECISIONS}")
-    for name in ("max_windows", "calib_batches", "calib_batch_size"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"eval.{name}={getattr(self, name)}: must be at least 1")
+def score(token_nll: Callable, windows_NxT1, bytes_per_token: float | None, batch: int,
+          progress: bool = False) -> dict:  # fmt: skip
+  """`figures` of the mean next-token loss over windows, `token_nll` [b, T] of `batch` at a time."""
+  starts = range(0, len(windows_NxT1), batch)
+  if progress:
+    starts = tqdm(starts, desc="eval", unit="batch", leave=False)
+  nll = np.concatenate([np.asarray(token_nll(windows_NxT1[i : i + batch])).ravel() for i in starts])
+  return {**figures(float(nll.mean()), bytes_per_token), "tokens": int(nll.size)}
 
 
 def with_model_tokenizer(data_cfg: DataConfig, model_dir: Path) -> DataConfig:
@@ -41,9 +40,14 @@ def with_model_tokenizer(data_cfg: DataConfig, model_dir: Path) -> DataConfig:
   return data_cfg
 
 
+def data_id(data_cfg: DataConfig, model_dir: Path) -> str:
+  """The identity of the token stream a model is evaluated or calibrated on."""
+  return sources.data_id(with_model_tokenizer(data_cfg, model_dir))
+
+
 def load_model_data(data_cfg: DataConfig, model_dir: Path, vocab_size: int):
   """The data a model is evaluated or calibrated on, refused if its ids exceed the vocabulary."""
-  data = load_data(with_model_tokenizer(data_cfg, model_dir))
+  data = sources.load_data(with_model_tokenizer(data_cfg, model_dir))
   if data.vocab_size > vocab_size:
     raise ValueError(
       f"the data has token ids up to {data.vocab_size - 1} but the model's vocabulary is "
@@ -60,18 +64,12 @@ def evaluate_model(
   max_windows: int = 512,
   batch: int = 8,
 ) -> dict:
-  """Mean next-token loss over up to `max_windows` held-out windows of `seq_len` tokens."""
-  from mmfree.api import load
-
+  """`score` over up to `max_windows` held-out windows of `seq_len` tokens; at `hw`, how often
+  each kind of quantization point saturated."""
   lm = load(model_dir, precision)
   data = load_model_data(data_cfg, model_dir, lm.config.vocab_size)
   windows_NxT1 = pipeline.eval_windows(data.val_N, seq_len, max_windows)
-  nll = np.concatenate([
-    lm.token_nll(windows_NxT1[i : i + batch]).ravel()
-    for i in tqdm(range(0, len(windows_NxT1), batch), desc="eval", unit="batch", leave=False)
-  ])  # fmt: skip
-  loss = float(nll.mean())
-  bpt = data.info.get("val_bytes_per_token")
+  scores = score(lm.token_nll, windows_NxT1, data.info.get("val_bytes_per_token"), batch, True)
   sat = {}
   if lm.config.precision == "hw":  # how often each kind of point clipped on the eval text
     for i in range(0, len(windows_NxT1), batch):
@@ -79,10 +77,7 @@ def evaluate_model(
         kind = key.rpartition(".")[2]
         sat[kind] = tuple(a + b for a, b in zip(sat.get(kind, (0.0, 0.0)), (n_sat, n), strict=True))
   return {
-    "loss": loss,
-    "ppl": math.exp(min(loss, 700)),
-    "bpb": loss / math.log(2) / bpt if bpt else None,
-    "tokens": int(nll.size),
+    **scores,
     "seq_len": seq_len,
     "precision": lm.config.precision,
     **({"saturation_pct": 100 * sum(a for a, _ in sat.values()) / sum(n for _, n in sat.values()),

@@ -16,21 +16,22 @@ saturate, and its rows (saturating ones marked) go into `program.json`.
 """
 
 import dataclasses
-import math
 from pathlib import Path
 
 import jax
 import numpy as np
 
+from mmfree.core import files
+from mmfree.core.model import ModelConfig
+from mmfree.core.quant import QuantConfig, Scale
+from mmfree.data.tokenizers import load_tokenizer
 from mmfree.loihi import bundle_io, fixed, neurons, program, ranges
 from mmfree.loihi.program import HOST, Population, Program, Synapses
-from mmfree.models.config import ModelConfig
 from mmfree.models.lm import lower_bounds
-from mmfree.quant import bitnet, hw
-from mmfree.quant.config import QuantConfig, Scale
+from mmfree.quant import bitnet, calibrate, hw
+from mmfree.store import checkpoint
 
 FUSIONS = ("bitlinear_in", "mlgru", "g_norm", "glu", "residual")
-PROGRAM = "program"  # the bundle's directory in a run directory
 
 
 def _fmt(s: Scale) -> dict:
@@ -134,8 +135,9 @@ class _Builder:
 
 
 def lower(params: dict, cfg: ModelConfig, qcfg: QuantConfig, scales: dict, *, lm_head="chip",
-          source: str = "") -> Program:  # fmt: skip
-  """The program of a calibrated model: `params` a pure dict (`nnx.to_pure_dict`)."""
+          source: str = "", inputs: dict | None = None) -> Program:  # fmt: skip
+  """The program of a calibrated model: `params` a pure dict (`nnx.to_pure_dict`); `inputs` (the
+  content hashes it was lowered from) go into its provenance."""
   if qcfg.scale != "pow2" or qcfg.rmsnorm != "int":
     raise ValueError(
       "lowering needs shifts everywhere: calibrate with quant.scale='pow2' and quant.rmsnorm='int'"
@@ -216,7 +218,7 @@ def lower(params: dict, cfg: ModelConfig, qcfg: QuantConfig, scales: dict, *, lm
     quant=qcfg.to_dict(),
     io={"embedding": HOST, "sampling": HOST, "lm_head": lm_head},
     fusions=list(FUSIONS),
-    provenance=program.provenance(source, qcfg.to_dict()),
+    provenance=program.provenance(source, inputs or {}),
     ranges=[],
     populations=tuple(b.populations),
     synapses=tuple(b.synapses),
@@ -227,25 +229,22 @@ def lower(params: dict, cfg: ModelConfig, qcfg: QuantConfig, scales: dict, *, lm
   return dataclasses.replace(prog, ranges=rows)
 
 
-def zero_share(p: Program) -> float:
-  """Share of zero weights over the BitLinear synapse groups (identity skips excluded)."""
-  groups = [s for s in p.synapses if not program.is_skip(s)]
-  total = sum(s.n_in * s.n_out for s in groups)
-  return 1 - sum(p.nnz(s.name) for s in groups) / total if total else math.nan
+def inputs(run_dir: Path, lm_head: str) -> dict:
+  """What the program of a run depends on: its checkpoint, its calibration, the lm_head's place."""
+  run_dir = Path(run_dir)
+  return {"checkpoint": checkpoint.checkpoint_id(run_dir), "quant": files.quant_id(run_dir),
+          "lm_head": lm_head}  # fmt: skip
 
 
 def lower_run(run_dir: Path, out: Path | None = None, lm_head: str = "chip") -> Path:
   """`mmfree lower`: the calibrated run's program, saved to `out` (default RUN_DIR/program)."""
-  from mmfree.api import read_params
-  from mmfree.data.tokenizers import load_tokenizer
-  from mmfree.quant import calibrate
-
   run_dir = Path(run_dir)
-  cfg, params = read_params(run_dir)  # a pure dict already: no model is built
   qcfg, scales = calibrate.load(run_dir)
-  prog = lower(params, cfg, qcfg, scales, lm_head=lm_head, source=str(run_dir))
+  record = inputs(run_dir, lm_head)
+  cfg, params = checkpoint.read_params(run_dir)  # a pure dict already: no model is built
+  prog = lower(params, cfg, qcfg, scales, lm_head=lm_head, source=str(run_dir), inputs=record)
   del params
-  out = bundle_io.save(prog, out or run_dir / PROGRAM)
+  out = bundle_io.save(prog, out or run_dir / files.PROGRAM)
   if (tok := load_tokenizer(run_dir)) is not None:  # the host's: prompts in, text out
     tok.save(out)
   return out

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from mmfree.files import write_json
-from mmfree.models import MMfreeLM, ModelConfig
-
-CONFIG = "config.json"
-CHECKPOINTS = "checkpoints"
+from mmfree.core import digest, files
+from mmfree.core.dicts import flatten
+from mmfree.core.files import CHECKPOINTS, CONFIG, read_json, write_json
+from mmfree.models import MMfreeLM, ModelConfig, hf
 
 
 def write_config(run_dir: Path, model_cfg: ModelConfig, **sections):
@@ -58,6 +58,7 @@ def save_train_state(mgr: ocp.CheckpointManager, step: int, params, opt_state):
     ),
   )
   mgr.wait_until_finished()
+  record_digest(Path(mgr.directory).parent, step, nnx.to_pure_dict(params))
 
 
 def _abstract(tree, sharding=None):
@@ -86,6 +87,35 @@ def save_params(run_dir: Path, step: int, params: dict):
   with manager(run_dir) as mgr:
     mgr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
     mgr.wait_until_finished()
+  record_digest(run_dir, step, params)
+
+
+def params_sha256(params: dict) -> str:
+  """The content hash of a parameter tree (a pure dict), as its arrays' names and bytes."""
+  leaves = flatten(jax.device_get(params))
+  return digest.arrays_sha256({k: np.asarray(v) for k, v in leaves.items()})
+
+
+def record_digest(run_dir: Path, step: int, params: dict):
+  """`checkpoint_digests.json`: each saved step's parameter hash, the checkpoint's identity."""
+  path = Path(run_dir) / files.DIGESTS
+  write_json(path, {**(read_json(path) or {}), str(step): params_sha256(params)})
+
+
+def checkpoint_id(path: Path) -> dict:
+  """What a model's weights are: {"step", "params_sha256"} of a run's latest checkpoint (hashed
+  now if the save did not record it), or {"hf_sha256"} of a Hugging Face directory's weights."""
+  path = Path(path)
+  if (path / CHECKPOINTS).is_dir():
+    ident = files.checkpoint_id(path)
+    if ident is None:
+      raise FileNotFoundError(f"no checkpoint under {path / CHECKPOINTS}")
+    if ident["params_sha256"] is None:
+      record_digest(path, ident["step"], restore_params(path, model_config(path), ident["step"]))
+      ident = files.checkpoint_id(path)
+    return ident
+  weights, _ = hf.weight_files(path)
+  return {"hf_sha256": digest.files_sha256([*weights, path / hf.CONFIG])}
 
 
 def abstract_params(cfg: ModelConfig) -> dict:
@@ -111,3 +141,20 @@ def build_model(cfg: ModelConfig, params: dict) -> MMfreeLM:
   nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
   nnx.update(model, state)
   return model
+
+
+def read_config_of(path: Path) -> ModelConfig:
+  """The model config of a run directory or a Hugging Face checkpoint, without the weights."""
+  if (path / CHECKPOINTS).is_dir():
+    return model_config(path)
+  return hf.hf_config(path)
+
+
+def read_params(path: Path, step: int | None = None) -> tuple[ModelConfig, dict]:
+  """(config, params) of a run directory (orbax) or a Hugging Face checkpoint directory."""
+  if not path.is_dir():
+    raise FileNotFoundError(f"{path}: no such directory (expected a run or checkpoint directory)")
+  if (path / CHECKPOINTS).is_dir():
+    cfg = read_config_of(path)
+    return cfg, restore_params(path, cfg, step)
+  return hf.load_hf(path)

@@ -11,9 +11,9 @@ import optax
 from flax import nnx
 
 from mmfree.data.tokenizers import Tokenizer, load_tokenizer
-from mmfree.models import MMfreeLM, ModelConfig, hf
-from mmfree.sample import check_sampling, sample
-from mmfree.train import checkpoint
+from mmfree.models import MMfreeLM, ModelConfig
+from mmfree.models.sample import check_sampling, sample
+from mmfree.store import checkpoint
 
 
 @functools.cache
@@ -154,27 +154,10 @@ def _hw_rounding(model) -> str:
   return next(m.hw.cfg.rounding for _, m in nnx.iter_modules(model) if getattr(m, "hw", None))
 
 
-def read_config_of(path: Path) -> ModelConfig:
-  """The model config of a run directory or a Hugging Face checkpoint, without the weights."""
-  if (path / checkpoint.CHECKPOINTS).is_dir():
-    return checkpoint.model_config(path)
-  return hf.hf_config(path)
-
-
-def read_params(path: Path, step: int | None = None) -> tuple[ModelConfig, dict]:
-  """(config, params) of a run directory (orbax) or a Hugging Face checkpoint directory."""
-  if not path.is_dir():
-    raise FileNotFoundError(f"{path}: no such directory (expected a run or checkpoint directory)")
-  if (path / checkpoint.CHECKPOINTS).is_dir():
-    cfg = read_config_of(path)
-    return cfg, checkpoint.restore_params(path, cfg, step)
-  return hf.load_hf(path)
-
-
 def load(path, precision: str | None = None, step: int | None = None) -> LanguageModel:
   """Load a run directory (config.json + orbax checkpoints) or a Hugging Face checkpoint dir."""
   path = Path(path)
-  cfg, params = read_params(path, step)
+  cfg, params = checkpoint.read_params(path, step)
   if precision is not None:
     cfg = cfg.replace(precision=precision)
   model = checkpoint.build_model(cfg, params)

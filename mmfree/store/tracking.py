@@ -5,7 +5,6 @@ falls back to `offline` (synced later with `wandb sync RUN_DIR/wandb`).
 """
 
 import contextlib
-import dataclasses
 import os
 import secrets
 import socket
@@ -13,22 +12,10 @@ import sys
 import threading
 from pathlib import Path
 
-from mmfree.train.metrics import JsonlWriter
+from mmfree.core.train import TrackingConfig
+from mmfree.store.metrics import JsonlWriter
 
-MODES = ("disabled", "offline", "online")
 WANDB_HOST = ("api.wandb.ai", 443)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrackingConfig:
-  wandb: str = "disabled"  # disabled | offline | online
-  project: str = "mmfree"
-  entity: str = ""
-  name: str = ""  # default: the run directory's name
-
-  def __post_init__(self):
-    if self.wandb not in MODES:
-      raise ValueError(f"tracking.wandb={self.wandb!r}: expected one of {MODES}")
 
 
 def _reachable(host: tuple[str, int], timeout_s: float = 3.0) -> bool:

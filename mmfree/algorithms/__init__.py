@@ -1,0 +1,1 @@
+"""Algorithms: training, calibration, evaluation, lowering parameters to a program, mmfree.load."""

@@ -1,0 +1,1 @@
+"""Leaves: plain config dataclasses, the run directory's files, content hashes (stdlib + numpy)."""

@@ -1,0 +1,133 @@
+"""Measurement: a bundle run on real tokens (emulator or Lava), its activity through the cost model.
+
+`mmfree emulate` and `mmfree measure` (and their stages in `mmfree run`) report through here:
+`emulate.json` holds the tokens, the emulator's speed and the activity per population;
+`measure.json` in the run directory (the bundle's own directory when it has no run) holds the
+activity, the Loihi 2 prediction, the workload it came from and the constants it used.
+"""
+
+import dataclasses
+from pathlib import Path
+
+from mmfree.core.files import CONFIG, MEASURE, PROGRAM
+from mmfree.loihi import backend as backends
+from mmfree.loihi import bundle_io, cost, emulate, hardware, mapping, program
+
+
+def load_constants(path: str | Path | None) -> hardware.Hardware:
+  return hardware.load_overrides(path) if path else hardware.DEFAULT
+
+
+def bundle_of(path) -> Path:
+  """A bundle directory, or a run directory's `program/`."""
+  path = Path(path)
+  if not (path / program.MANIFEST).is_file() and (path / PROGRAM).is_dir():
+    return path / PROGRAM
+  return path
+
+
+def report_path(bundle: Path) -> Path:
+  """measure.json beside the run the bundle was lowered from, else inside the bundle."""
+  run = Path(bundle).parent
+  return (run if (run / CONFIG).is_file() else Path(bundle)) / MEASURE
+
+
+def run_bundle(bundle: Path, tokens: list[int], new_tokens: int, backend: str = "emulator",
+               venv: Path = backends.VENV, timeout: float = 1800, chip: bool = False,
+               verify: bool = False) -> tuple:  # fmt: skip
+  """(emulate.Result, seconds) on `backend`; `verify` checks every integer against the emulator."""
+  if backend == "lava":
+    result, seconds = backends.run_lava(bundle, tokens, new_tokens, venv, timeout, chip)
+  else:
+    result, seconds = backends.run_emulator(bundle, tokens, new_tokens)
+  if verify and backend != "emulator":
+    ref, _ = backends.run_emulator(bundle, tokens, new_tokens)
+    bad = backends.mismatches(result, ref)
+    if bad:
+      raise ValueError(f"{backend} differs from the emulator at: {', '.join(bad[:10])}")
+  return result, seconds
+
+
+def activity_totals(result) -> dict:
+  """{population: {kind: total over the run's tokens}}."""
+  return {p: {k: int(v.sum()) for k, v in a.items()} for p, a in result.activity.items()}
+
+
+def emulate_report(result, seconds: dict, tokens: list[int]) -> dict:
+  """`emulate.json`'s figures (one schema for `mmfree emulate` and the emulate stage): the
+  prompt and new tokens, the emulator's speed, the activity per token and per population."""
+  steps = result.logits.shape[1]
+  totals = activity_totals(result)
+  return {
+    "prompt": [int(t) for t in tokens],
+    "new": [int(t) for t in result.new[0]],
+    "tokens": steps,
+    "seconds": seconds,
+    "tokens_per_s": steps / seconds["run"],
+    "per_token": {k: sum(t[k] for t in totals.values()) / steps for k in emulate.ACTIVITY},
+    "by_population": totals,
+  }
+
+
+def measure(bundle: Path, tokens: list[int], new_tokens: int, constants: str | Path | None = None,
+            **run_kw) -> dict:  # fmt: skip
+  """The report of `mmfree measure`: the run, its activity and the Loihi 2 prediction."""
+  hw = load_constants(constants)
+  prog = bundle_io.load(bundle)
+  result, seconds = run_bundle(bundle, tokens, new_tokens, **run_kw)
+  steps = result.logits.shape[1]  # every token the program consumed
+  totals = activity_totals(result)
+  work = cost.workload(prog, mapping.place(prog, hw), totals, steps)
+  prediction = cost.predict(work, hw)
+  return {
+    "backend": run_kw.get("backend", "emulator"),
+    "verified": bool(run_kw.get("verify")),
+    "bundle": str(bundle),
+    "prompt": [int(t) for t in tokens],
+    "new": [int(t) for t in result.new[0]],
+    "tokens": steps,
+    "seconds": seconds,
+    "per_token": {k: sum(t[k] for t in totals.values()) / steps for k in emulate.ACTIVITY},
+    **prediction,
+    "by_layer": cost.by_layer(prediction["by_population"]),
+    "constants_file": str(constants or ""),
+    "constants": {k: dataclasses.asdict(c) for k, c in hardware.constants(hw).items()},
+    "workload": work.to_json(),
+    "per_step": {q: {k: v.tolist() for k, v in a.items()} for q, a in result.activity.items()},
+  }
+
+
+def table(r: dict) -> str:
+  """Markdown: the prediction per token, then the constants' provenance in one line."""
+  g, p, e, n = r["generation"], r["prefill"], r["energy_mj_per_token"], r["neurobench"]
+  res = r["resources"]
+  rows = [
+    ("generation", f"{g['tokens_per_s']:,.1f} tokens/s", f"{g['mj_per_token']:.4g} mJ/token",
+     f"{g['ms_per_token']:.3g} ms/token, {g['timesteps_per_token']} timesteps"),
+    ("prefill", f"{p['tokens_per_s']:,.0f} tokens/s", f"{p['mj_per_token']:.4g} mJ/token",
+     f"{p['us_per_timestep']:.3g} us/timestep"),
+    ("TTFT, 500-token prompt", f"{r['ttft_ms']['500']:.3g} ms", "", ""),
+    ("energy per token", f"dynamic {e['dynamic']:.3g} mJ",
+     f"static {e['static_generation']:.3g} mJ (generation)",
+     f"synops {e['synops']:.3g}, updates {e['updates']:.3g}, messages {e['messages']:.3g}, "
+     f"inter-chip {e['interchip']:.3g} mJ"),
+    ("activity per token", f"{n['synops_per_token']:,.0f} synops",
+     f"{n['messages_per_token']:,.0f} messages",
+     f"activation sparsity {n['activation_sparsity']:.1%}; dense synops "
+     f"{n['dense_synops_per_token']:,}"),
+    ("resources", f"{res['chips']} chips, {res['cores']} cores", f"{res['neurons']:,} neurons",
+     f"{res['synapses']:,} synapses, {res['memory_bytes'] / 2**20:.2f} MiB"),
+  ]  # fmt: skip
+  lines = ["| | | | |", "|---|---|---|---|", *("| " + " | ".join(row) + " |" for row in rows)]
+  src = r["constants_file"] or "mmfree.loihi.hardware.DEFAULT (sources in each constant)"
+  lines.append(f"\nactivity: {r['backend']} on {r['tokens']} tokens; constants: {src}")
+  return "\n".join(lines)
+
+
+def layer_table(r: dict) -> str:
+  """Markdown: cores, dynamic energy and generation time per block (model: the rest)."""
+  lines = ["| layer | cores | dynamic uJ/token | generation us/token |", "|---|---:|---:|---:|"]
+  for x in r["by_layer"]:
+    name = "model" if x["layer"] is None else x["layer"]
+    lines.append(f"| {name} | {x['cores']} | {x['dynamic_uj']:.4g} | {x['generation_us']:.4g} |")
+  return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""The run directory's stored state: orbax checkpoints, metrics.jsonl, wandb tracking."""
