@@ -23,6 +23,7 @@ from mmfree.core.experiment import (
   parse_value,
   to_experiment,
 )
+from mmfree.core.experiment import STAGES as STAGES  # experiment files name the stages
 from mmfree.core.model import PRESETS
 
 

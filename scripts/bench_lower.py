@@ -77,7 +77,8 @@ def _emulate(prog, n_tokens: int, rng) -> tuple[float, float]:
 
 
 def main():
-  from mmfree.loihi import bundle_io, lower, mapping
+  from mmfree.algorithms import lower
+  from mmfree.loihi import bundle_io, mapping, program
 
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   ap.add_argument("--preset", default="370m")
@@ -94,7 +95,7 @@ def main():
     s = bundle_io.summary(prog)
     print(f"bundle: {s['populations']} populations, {s['neurons']:,} neurons, "
           f"{sum(s['bytes'].values()) / 2**20:,.0f} MiB of arrays; ternary weights "
-          f"{lower.zero_share(prog):.1%} zero")  # fmt: skip
+          f"{program.zero_share(prog):.1%} zero")  # fmt: skip
     print(mapping.report(mapping.place(prog)))
     tps, ref = _emulate(prog, args.tokens, rng)
     print(f"{args.preset}: emulator {tps:.2f} tokens/s (batch 1); the matmuls alone "

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from mmfree import configs
+from mmfree.core import experiment
 
 ROOT = Path(__file__).parent.parent
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.py"))
@@ -63,7 +64,7 @@ def test_sweep_helpers():
 def test_differences_ignore_derived_fields():
   a = {"model": {"vocab_size": 258, "hidden_size": 8}, "train": {"lr": 1.0}}
   b = {"model": {"vocab_size": 4096, "hidden_size": 8}, "train": {"lr": 2.0}}
-  assert configs.differences(a, b) == ["train.lr"]
+  assert experiment.differences(a, b) == ["train.lr"]
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])

@@ -12,13 +12,14 @@ import pytest
 from flax import nnx
 
 import mmfree
-from mmfree.algorithms.load import read_params
+from mmfree.algorithms import lower
 from mmfree.cli import main
+from mmfree.core import files
 from mmfree.data.sources import DataConfig, load_data
-from mmfree.loihi import bundle_io, emulate, hardware, lower, mapping, program, ranges
+from mmfree.loihi import bundle_io, emulate, hardware, mapping, program, ranges
 from mmfree.quant import calibrate
 from mmfree.quant.points import Probe, recorder, set_hw, set_probe
-from mmfree.store.checkpoint import build_model
+from mmfree.store.checkpoint import build_model, read_params
 
 T = 64
 
@@ -62,7 +63,7 @@ BRANCHES = ("attn.o_proj.bitlinear_out", "mlp.down_proj.bitlinear_out")  # feed 
 def _narrow_branch_outputs(run_dir: Path):
   """Narrower bitlinear_out formats before the residual adds (22 bits: ±1.0 here), so the
   BitLinear's own saturation matters before the branch's point."""
-  path = run_dir / calibrate.QUANT / "scales.json"
+  path = run_dir / files.QUANT / "scales.json"
   scales = json.loads(path.read_text())
   for key in scales:
     if key.endswith(BRANCHES):

@@ -36,9 +36,8 @@ def text_tokens():
 
 def _model(run_dir, **quant):
   """The run's model at `hw` with its calibrated scales; `quant` overrides its QuantConfig."""
-  from mmfree.algorithms.load import read_params
   from mmfree.quant.points import set_hw
-  from mmfree.store.checkpoint import build_model
+  from mmfree.store.checkpoint import build_model, read_params
 
   cfg, params = read_params(Path(run_dir))
   model = build_model(cfg.replace(precision="hw"), params)

@@ -1,7 +1,6 @@
 """The program bundle: round trip, storage choice, mmap, summary, validation, atomic save."""
 
 import dataclasses
-import hashlib
 import json
 import subprocess
 import sys
@@ -155,10 +154,19 @@ def test_summary():
   }
 
 
-def test_provenance():
-  prov = pg.provenance("runs/x", {"b": 1, "a": 2})
+def test_provenance_records_inputs_and_the_identity_is_the_content(tmp_path):
+  prov = pg.provenance("runs/x", {"checkpoint": {"step": 3}, "quant": "ab"})
   assert prov["source"] == "runs/x" and prov["created"].endswith("+00:00")
-  assert prov["quant_sha256"] == hashlib.sha256(b'{"a": 2, "b": 1}').hexdigest()
+  assert prov["inputs"] == {"checkpoint": {"step": 3}, "quant": "ab"}
+  p = _program()
+  a = bd.save(p, tmp_path / "a")
+  b = bd.save(dataclasses.replace(p, provenance={**p.provenance, "created": "another time"}),
+              tmp_path / "b")  # fmt: skip
+  assert bd.content_sha256(a) == bd.content_sha256(b)  # a timestamp identifies nothing
+  key = next(iter(p.arrays))
+  changed = {**p.arrays, key: p.arrays[key] + 1}
+  c = bd.save(dataclasses.replace(p, arrays=changed), tmp_path / "c")
+  assert bd.content_sha256(c) != bd.content_sha256(a)
 
 
 @pytest.mark.parametrize(

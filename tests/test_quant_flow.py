@@ -10,6 +10,7 @@ import pytest
 
 import mmfree
 from mmfree import configs
+from mmfree.algorithms import calibrate as calibration
 from mmfree.algorithms.evaluate import with_model_tokenizer
 from mmfree.data import pipeline
 from mmfree.data.sources import load_data
@@ -39,8 +40,8 @@ def test_post_training_quantization_takes_the_weights_as_they_are(base, tmp_path
   run_experiment(exp, tmp_path)
   with checkpoint.manager(tmp_path) as mgr:
     assert mgr.all_steps() == [0]
-  _, src = mmfree.algorithms.load.read_params(base)
-  _, dst = mmfree.algorithms.load.read_params(tmp_path)
+  _, src = checkpoint.read_params(base)
+  _, dst = checkpoint.read_params(tmp_path)
   jax.tree.map(np.testing.assert_array_equal, src, dst)
   ev = _eval(tmp_path)
   assert set(ev) == {"bitnet", "hw"} and "saturation_pct" in ev["hw"]
@@ -65,14 +66,14 @@ def test_qat_trains_at_hw_from_the_calibrated_start(base, tmp_path):
   assert meta["calibration"]["source"] == str(base) and meta["act_bits"] == 6
   # The frozen scales are those of the starting weights: calibrating the base gives the same.
   data_cfg = with_model_tokenizer(exp.data, base)
-  calibrate.calibrate_run(base, exp.quant, data_cfg, 2, 8, exp.train.seq_len)
+  calibration.calibrate_run(base, exp.quant, data_cfg, 2, 8, exp.train.seq_len)
   assert calibrate.load(base)[1] == calibrate.load(tmp_path)[1]
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert any("val_loss" in r for r in rows) and rows[-1]["step"] == 3
   trained = mmfree.load(tmp_path)
   assert trained.config.precision == "hw"
-  _, before = mmfree.algorithms.load.read_params(base)
-  _, after = mmfree.algorithms.load.read_params(tmp_path)
+  _, before = checkpoint.read_params(base)
+  _, after = checkpoint.read_params(tmp_path)
   pairs = zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True)
   moved = [not np.array_equal(a, b) for a, b in pairs]
   assert any(moved), "QAT left every weight unchanged"

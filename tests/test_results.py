@@ -29,9 +29,9 @@ def make_run(d, lr, status="done", metrics=True, stages=True):
     (d / "metrics.jsonl").write_text(text + '{"step": 30, "lo')  # killed mid-line
   if stages:
     (d / "eval.json").write_text(
-      json.dumps({"bitnet": {"loss": 2.7 + lr, "ppl": 15.0, "bpb": 1.2}})
-    )
-    (d / "measure.json").write_text(json.dumps({"energy": {"mj_per_token": 0.5}}))
+      json.dumps({"bitnet": {"loss": 2.7 + lr, "ppl": 15.0, "bpb": 1.2, "inputs": {}}})
+    )  # inputs: what each output was computed from (empty: nothing to check here)
+    (d / "measure.json").write_text(json.dumps({"energy": {"mj_per_token": 0.5}, "inputs": {}}))
 
 
 @pytest.fixture

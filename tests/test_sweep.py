@@ -8,13 +8,14 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
 from mmfree import results, sweep
 from mmfree.configs import parse_overrides
 
-# Writes config.json (overrides merged), status.json running -> done, metrics.jsonl, eval.json;
+# Writes config.json (the resolved config), status.json running -> done, metrics.jsonl, eval.json;
 # appends to invocations.txt and times.txt so tests can count runs and measure concurrency.
 STAND_IN = textwrap.dedent("""
   import ast, json, os, sys, time
@@ -45,14 +46,8 @@ STAND_IN = textwrap.dedent("""
   if (run_dir / "status.json").exists():
     if json.loads((run_dir / "status.json").read_text())["status"] == "done":
       sys.exit(0)
-  cfg = {"model": {"hidden_size": 32, "scan": "associative"}, "train": {"lr": 0.01, "steps": 3}}
-  for key, v in overrides.items():
-    *path, last = key.split(".")
-    node = cfg
-    for p in path:
-      node = node.setdefault(p, {})
-    node[last] = v
-  cfg["experiment"] = {"spec": args[1], "overrides": overrides}
+  from mmfree import configs
+  cfg = configs.load_experiment(args[1], overrides).to_dict()
   cfg["data_info"] = {"vocab_size": 258, "corpus_meta": {"sha256": "ab"}}
   write("config.json", cfg)
   status("running")
@@ -68,14 +63,20 @@ STAND_IN = textwrap.dedent("""
     for step in (1, 2, 3):
       f.write(json.dumps({"step": step, "loss": 5.0 - lr * step}) + "\\n")
     f.write(json.dumps({"step": 3, "val_loss": 4.0 - lr, "val_ppl": 50.0, "val_bpb": 2.0}) + "\\n")
-  write("eval.json", {"bitnet": {"loss": 4.0 - lr, "ppl": 50.0, "bpb": 2.0, "tokens": 100}})
+  write("eval.json", {"bitnet": {"loss": 4.0 - lr, "ppl": 50.0, "bpb": 2.0, "tokens": 100, "inputs": {}}})
   with open(run_dir / "times.txt", "a") as f:
     f.write(f"{t0} {time.time()}\\n")
   status("done")
 """)
 
-SPEC = "experiments/standin.py"
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = str(ROOT / "experiments/tiny.py")
 POINTS = [{"train.lr": lr, "model.hidden_size": h} for lr in (0.1, 0.2) for h in (16, 32)]
+
+
+def dirs_of(work, points=POINTS, extra=None, spec=SPEC) -> list:
+  """The run directories of a sweep's points, in order (named by their resolved configs)."""
+  return [r.dir for r in sweep.plan(spec, work, extra, points=points, write=False)]
 
 
 @pytest.fixture
@@ -90,18 +91,20 @@ def invocations(run_dir) -> int:
   return len(path.read_text().split()) if path.exists() else 0
 
 
-def test_run_name_is_stable_readable_and_distinct():
-  o = {"train.lr": 0.001, "model.hidden_size": 64}
-  name = sweep.run_name(o)
-  assert name.startswith("hidden_size=64,lr=0.001-") and len(name.rsplit("-", 1)[1]) == 8
-  assert sweep.run_name(dict(reversed(o.items()))) == name
-  code = f"from mmfree.sweep import run_name; print(run_name({o!r}))"
+def test_run_names_are_resolved_configs_readable_and_stable(tmp_path):
+  base = sweep.plan(SPEC, tmp_path, points=[{}], write=False)[0]
+  assert base.name.startswith("base-") and len(base.name.rsplit("-", 1)[1]) == 8
+  # the default value of a key is no override at all: one point, one run
+  same = sweep.plan(SPEC, tmp_path, points=[{}, {"quant.act_bits": 8}], write=False)
+  assert [r.name for r in same] == [base.name]
+  names = [r.name for r in sweep.plan(SPEC, tmp_path, points=POINTS, write=False)]
+  assert len(set(names)) == 4 and names[0].startswith("hidden_size=16,lr=0.1-")
+  plan = f"sweep.plan({SPEC!r}, {str(tmp_path)!r}, points={POINTS!r}, write=False)"
+  code = f"from mmfree import sweep; print({plan}[0].name)"
   other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-  assert other.stdout.strip() == name
-  assert sweep.run_name({}).startswith("base-")
-  names = {sweep.run_name(p) for p in POINTS} | {sweep.run_name({"model.lr": 0.1})}
-  assert len(names) == len(POINTS) + 1
-  odd = sweep.run_name({"data.path": "/a b/c*?", "x": "y" * 500})
+  assert other.stdout.strip().splitlines()[-1] == names[0]
+  odd = sweep.plan(SPEC, tmp_path, points=[{"data.path": "/a b/c*?", "data.source": "text"}],
+                   write=False)[0].name  # fmt: skip
   assert "/" not in odd and " " not in odd and len(odd) <= 90
 
 
@@ -117,9 +120,9 @@ def test_override_args_read_back_through_the_cli_parser(value):
 def test_dry_run_lists_runs_and_runs_nothing(tmp_path, stand_in, capsys):
   work = tmp_path / "sweep"
   s = sweep.run_sweep(SPEC, work, 2, dry_run=True, command_prefix=stand_in, points=POINTS)
-  assert s == {"done": 0, "failed": 0, "skipped": 0}
+  assert s == {"done": 0, "failed": 0, "skipped": 0, "stale": 0}
   out = capsys.readouterr().out
-  assert all(sweep.run_name(p) in out for p in POINTS) and out.count("--config.train.lr=") == 4
+  assert all(d.name in out for d in dirs_of(work)) and out.count("--config.train.lr=") == 4
   assert not work.exists()
 
 
@@ -127,29 +130,32 @@ def test_sweep_runs_at_most_n_at_a_time_and_skips_done_runs(tmp_path, stand_in):
   work = tmp_path / "sweep"
   extra = {"train.steps": 3}
   s = sweep.run_sweep(SPEC, work, 2, extra, command_prefix=stand_in, points=POINTS)
-  assert s == {"done": 4, "failed": 0, "skipped": 0}
-  spans = [
-    tuple(map(float, (work / sweep.run_name(p) / "times.txt").read_text().split())) for p in POINTS
-  ]
+  assert s == {"done": 4, "failed": 0, "skipped": 0, "stale": 0}
+  dirs = dirs_of(work, extra=extra)
+  spans = [tuple(map(float, (d / "times.txt").read_text().split())) for d in dirs]
   assert max(sum(a <= t < b for a, b in spans) for t, _ in spans) == 2
   manifest = json.loads((work / sweep.MANIFEST).read_text())
   assert manifest["spec"] == SPEC and manifest["extra_overrides"] == extra
-  assert [r["name"] for r in manifest["runs"]] == [sweep.run_name(p) for p in POINTS]
+  assert [r["name"] for r in manifest["runs"]] == [d.name for d in dirs]
   df = results.load(work)
   assert len(df) == 4 and set(df["status"]) == {"done"} and set(df["train.steps"]) == {3}
 
   s = sweep.run_sweep(SPEC, work, 2, extra, command_prefix=stand_in, points=POINTS)
-  assert s == {"done": 0, "failed": 0, "skipped": 4}
-  assert all(invocations(work / sweep.run_name(p)) == 1 for p in POINTS)
+  assert s == {"done": 0, "failed": 0, "skipped": 4, "stale": 0}
+  assert all(invocations(d) == 1 for d in dirs)
   with pytest.raises(ValueError, match="another --workdir"):
-    sweep.plan("experiments/other.py", work, extra, points=POINTS)
+    sweep.plan(str(ROOT / "experiments/quant_ablation.py"), work, extra, points=POINTS)
   with pytest.raises(ValueError, match="another --workdir"):
     sweep.plan(SPEC, work, {}, points=POINTS)
 
 
 EXPERIMENT = """
+from mmfree import configs
+
 def get_config(arg=None):
-  raise AssertionError("the sweep itself never builds a config")
+  c = configs.base_config("tiny")
+  c.train.lr = LR
+  return c
 
 def get_sweep(arg=None):
   return [{"train.lr": lr} for lr in (-1, -2, 0.1, 0.2)]
@@ -158,7 +164,7 @@ def get_sweep(arg=None):
 
 def test_failed_runs_are_recorded_and_the_sweep_carries_on(tmp_path, stand_in, capsys, monkeypatch):
   experiment, work = tmp_path / "exp.py", tmp_path / "sweep"
-  experiment.write_text(EXPERIMENT)
+  experiment.write_text(EXPERIMENT.replace("LR", "0.01"))
   monkeypatch.setattr(sweep, "default_command", lambda: stand_in)
   p = argparse.ArgumentParser()
   sweep.add_parser(p.add_subparsers())
@@ -166,7 +172,9 @@ def test_failed_runs_are_recorded_and_the_sweep_carries_on(tmp_path, stand_in, c
   args, extra = p.parse_known_args([*argv, "--config.train.steps=3"])
   assert args.fn(args, extra) == 1  # some run failed
 
-  dirs = {lr: work / sweep.run_name({"train.lr": lr}) for lr in (-1, -2, 0.1, 0.2)}
+  points = [{"train.lr": lr} for lr in (-1, -2, 0.1, 0.2)]
+  lrs = [p["train.lr"] for p in points]
+  dirs = dict(zip(lrs, dirs_of(work, points, {"train.steps": 3}, str(experiment)), strict=True))
   status = {lr: sweep.read_json(d / "status.json") for lr, d in dirs.items()}
   assert status[-1]["status"] == "failed" and status[-1]["error"] == "exit code 3, see run.log"
   assert status[-2]["status"] == "failed" and status[-2]["error"] == "lr must be positive"
@@ -207,7 +215,7 @@ def wait_for(cond, timeout=30.0):
 
 def test_killed_sweep_reruns_only_the_missing_runs(tmp_path, stand_in):
   work = tmp_path / "sweep"
-  dirs = [work / sweep.run_name(p) for p in POINTS]
+  dirs = dirs_of(work)
   proc = start_driver(tmp_path, work, stand_in)
   wait_for(lambda: any(sweep.run_status(d) == "done" for d in dirs))
   os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its runs, as a machine crash would
@@ -218,7 +226,7 @@ def test_killed_sweep_reruns_only_the_missing_runs(tmp_path, stand_in):
   assert 1 <= len(finished) < 4
 
   s = sweep.run_sweep(SPEC, work, 2, command_prefix=stand_in, points=POINTS)
-  assert s == {"done": 4 - len(finished), "failed": 0, "skipped": len(finished)}
+  assert s == {"done": 4 - len(finished), "failed": 0, "skipped": len(finished), "stale": 0}
   after = [invocations(d) for d in dirs]
   assert after == [n + (d not in finished) for n, d in zip(before, dirs, strict=True)]
   df = results.load(work)
@@ -229,7 +237,7 @@ def test_killed_sweep_reruns_only_the_missing_runs(tmp_path, stand_in):
 def test_sigterm_stops_the_runs_too(tmp_path, stand_in):
   work = tmp_path / "sweep"
   proc = start_driver(tmp_path, work, stand_in, {"STAND_IN_SLEEP": "30"})
-  dirs = [work / sweep.run_name(p) for p in POINTS]
+  dirs = dirs_of(work)
   wait_for(lambda: sum(sweep.run_status(d) == "running" for d in dirs) == 2)
   pids = [
     int(pid) for d in dirs if d.exists() for pid in (d / "invocations.txt").read_text().split()
@@ -239,3 +247,31 @@ def test_sigterm_stops_the_runs_too(tmp_path, stand_in):
   for pid in pids:
     with pytest.raises(ProcessLookupError):
       os.kill(pid, 0)
+
+
+def test_editing_the_experiment_file_marks_its_done_runs_stale(tmp_path, stand_in, capsys):
+  experiment, work = tmp_path / "exp.py", tmp_path / "sweep"
+  two = EXPERIMENT.replace("(-1, -2, 0.1, 0.2)", "(0.1, 0.2)")
+  experiment.write_text(two.replace("LR", "0.01"))
+  s = sweep.run_sweep(str(experiment), work, 2, command_prefix=stand_in)
+  assert s == {"done": 2, "failed": 0, "skipped": 0, "stale": 0}
+  old = dirs_of(work, None, None, str(experiment))
+  assert all(sweep.run_status(d) == "done" for d in old)
+
+  # a done run whose config.json is not what the experiment resolves to now: stale, rerun
+  cfg = json.loads((old[0] / "config.json").read_text())
+  cfg["train"]["warmup_steps"] = 7
+  (old[0] / "config.json").write_text(json.dumps(cfg))
+  capsys.readouterr()
+  s = sweep.run_sweep(str(experiment), work, 2, dry_run=True, command_prefix=stand_in)
+  assert s == {"done": 0, "failed": 0, "skipped": 1, "stale": 1}
+  assert "1 stale" in capsys.readouterr().out
+
+  # an edited get_config: every point is another config, the finished runs are listed as stale
+  experiment.write_text(two.replace("LR", "0.01").replace("return c", "c.train.b2 = 0.9\n  return c"))
+  s = sweep.run_sweep(str(experiment), work, 2, dry_run=True, command_prefix=stand_in)
+  out = capsys.readouterr().out
+  assert s == {"done": 0, "failed": 0, "skipped": 0, "stale": 0}
+  assert "2 runs here are no point of the sweep now (stale, not counted)" in out
+  assert all(d.name in out for d in old)
+  assert not set(dirs_of(work, None, None, str(experiment))) & set(old)

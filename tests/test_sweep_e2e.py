@@ -27,7 +27,7 @@ def test_real_sweep_killed_and_rerun_completes_only_missing_runs(tmp_path):
   work = tmp_path / "sweep"
   points = configs.load_sweep(SPEC)
   assert len(points) == 4
-  dirs = [work / sweep.run_name(p) for p in points]
+  dirs = [r.dir for r in sweep.plan(SPEC, work, write=False)]
   proc = subprocess.Popen(
     [sys.executable, "-c", DRIVER, SPEC, str(work)],
     start_new_session=True,
@@ -45,7 +45,8 @@ def test_real_sweep_killed_and_rerun_completes_only_missing_runs(tmp_path):
   kept = {d: _outputs(d) for d in finished}
 
   summary = sweep.run_sweep(SPEC, work, 2)
-  assert summary == {"done": 4 - len(finished), "failed": 0, "skipped": len(finished)}
+  assert summary == {"done": 4 - len(finished), "failed": 0, "skipped": len(finished),
+                     "stale": 0}  # fmt: skip
   assert {d: _outputs(d) for d in finished} == kept  # finished runs were not touched
   df = results.load(work)
   assert len(df) == 4 and df["name"].is_unique and set(df["status"]) == {"done"}
