@@ -156,8 +156,10 @@ def cmd_quantize_calibrate(args, extra):
   for r in calibrate.summarize(stats):
     print(f"| {r['point']} | {r['n']} | {r['bits']} | {r['absmax']:.4g} | {100 * r['sat']:.3f} "
           f"| {100 * r['rel_err']:.3f} |")  # fmt: skip
-  print(f"wrote {run_dir / QUANT}/ (config.json, scales.json, stats.json); the stages that "
-        "read it (eval at hw, lower, emulate, measure) are stale until `mmfree run` reruns them")
+  print(
+    f"wrote {run_dir / QUANT}/ (config.json, scales.json, stats.json); the stages that "
+    "read it (eval at hw, lower, emulate, measure) are stale until `mmfree run` reruns them"
+  )
 
 
 def cmd_lower(args, extra):

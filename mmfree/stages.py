@@ -132,8 +132,11 @@ def eval_inputs(exp: Experiment, run_dir: Path, precision: str) -> dict:
   return {
     "checkpoint": checkpoint.checkpoint_id(run_dir),
     "quant": files.quant_id(run_dir) if precision == "hw" else None,
-    "eval": {"precision": precision, "seq_len": exp.train.seq_len,
-             "max_windows": exp.eval.max_windows},  # fmt: skip
+    "eval": {
+      "precision": precision,
+      "seq_len": exp.train.seq_len,
+      "max_windows": exp.eval.max_windows,
+    },  # fmt: skip
     "data": evaluate.data_id(data_config(exp), run_dir),
   }
 
@@ -155,7 +158,8 @@ def stage_eval(exp: Experiment, run_dir: Path):
     write_json(run_dir / files.EVAL, results)
     figures = {k: v for k, v in r.items() if isinstance(v, float)}
     print(f"eval {precision}: " + ", ".join(f"{k} {v:.4g}" for k, v in figures.items()))
-  write_json(run_dir / files.EVAL, results)  # precisions no longer asked for are dropped
+  if results != old:  # precisions no longer asked for are dropped
+    write_json(run_dir / files.EVAL, results)
 
 
 def stage_lower(exp: Experiment, run_dir: Path):
@@ -215,8 +219,11 @@ def measure_inputs(exp: Experiment, run_dir: Path) -> dict:
   text = Path(c.constants).read_bytes() if c.constants else b""
   return {
     "program": bundle_io.content_sha256(run_dir / files.PROGRAM),
-    "measure": {"backend": c.backend, "measure_tokens": c.measure_tokens,
-                "new_tokens": c.new_tokens},  # fmt: skip
+    "measure": {
+      "backend": c.backend,
+      "measure_tokens": c.measure_tokens,
+      "new_tokens": c.new_tokens,
+    },  # fmt: skip
     "constants": hashlib.sha256(text).hexdigest() if c.constants else None,
     "data": evaluate.data_id(data_config(exp), run_dir),
   }
@@ -236,4 +243,3 @@ def stage_measure(exp: Experiment, run_dir: Path):
 
 STAGES = {"train": stage_train, "calibrate": stage_calibrate, "eval": stage_eval,
           "lower": stage_lower, "emulate": stage_emulate, "measure": stage_measure}  # fmt: skip
-

@@ -63,7 +63,8 @@ STAND_IN = textwrap.dedent("""
     for step in (1, 2, 3):
       f.write(json.dumps({"step": step, "loss": 5.0 - lr * step}) + "\\n")
     f.write(json.dumps({"step": 3, "val_loss": 4.0 - lr, "val_ppl": 50.0, "val_bpb": 2.0}) + "\\n")
-  write("eval.json", {"bitnet": {"loss": 4.0 - lr, "ppl": 50.0, "bpb": 2.0, "tokens": 100, "inputs": {}}})
+  evals = {"bitnet": {"loss": 4.0 - lr, "ppl": 50.0, "bpb": 2.0, "tokens": 100, "inputs": {}}}
+  write("eval.json", evals)
   with open(run_dir / "times.txt", "a") as f:
     f.write(f"{t0} {time.time()}\\n")
   status("done")
@@ -268,7 +269,9 @@ def test_editing_the_experiment_file_marks_its_done_runs_stale(tmp_path, stand_i
   assert "1 stale" in capsys.readouterr().out
 
   # an edited get_config: every point is another config, the finished runs are listed as stale
-  experiment.write_text(two.replace("LR", "0.01").replace("return c", "c.train.b2 = 0.9\n  return c"))
+  experiment.write_text(
+    two.replace("LR", "0.01").replace("return c", "c.train.b2 = 0.9\n  return c")
+  )
   s = sweep.run_sweep(str(experiment), work, 2, dry_run=True, command_prefix=stand_in)
   out = capsys.readouterr().out
   assert s == {"done": 0, "failed": 0, "skipped": 0, "stale": 0}

@@ -155,6 +155,11 @@ def mul_shift(a, b, e, bits, a_bits, b_bits, rounding="floor"):
   return saturate(_round(q, p_lo & ((1 << e) - 1), e, rounding), bits)
 
 
+def signed_bits(lo: int, hi: int) -> int:
+  """Signed bits holding every integer in [lo, hi]."""
+  return max((v if v >= 0 else ~v).bit_length() + 1 for v in (int(lo), int(hi)))
+
+
 def bit_length(v):
   """Elementwise bit length of non-negative integers (0 for 0), by a binary search on shifts."""
   v = as_int(v)
@@ -168,19 +173,29 @@ def bit_length(v):
   return n + (v > 0).astype(n.dtype)
 
 
+def rounded(u, rounding="half_even"):
+  """round(u), half to even, or floor(u), in floating point: the one rounding of a float."""
+  check_rounding(rounding)
+  xp = namespace(u)
+  return xp.floor(u) if rounding == "floor" else xp.round(u)
+
+
+def clip_to(u, bits):
+  """`u` (floats or integers) clipped to the signed `bits`-bit range: round, then clip_to."""
+  lo, hi = int_range(bits)
+  return namespace(u).clip(u, lo, hi)
+
+
 def round_scaled(x, exp, rounding="half_even"):
   """round(x·2^−exp) in floating point (unsaturated; exact while no overflow or underflow)."""
-  check_rounding(rounding)
   xp = namespace(x, exp)
-  u = xp.ldexp(xp.asarray(x), -exp)
-  return xp.floor(u) if rounding == "floor" else xp.round(u)
+  return rounded(xp.ldexp(xp.asarray(x), -exp), rounding)
 
 
 def _to_int(u, bits, xp, dtype):
   if not 1 <= bits <= 24:
     raise ValueError(f"float quantization supports 1..24 bits (exact in float32), got {bits}")
-  lo, hi = int_range(bits)
-  return xp.clip(u, lo, hi).astype(int_dtype(xp, dtype))
+  return clip_to(u, bits).astype(int_dtype(xp, dtype))
 
 
 def quantize(x, exp, bits, rounding="half_even", dtype=None):
@@ -194,10 +209,8 @@ def quantize(x, exp, bits, rounding="half_even", dtype=None):
 
 def quantize_scale(x, scale, bits, rounding="half_even", dtype=None):
   """q = sat(round(x / scale), bits) for a free (not power-of-two) scale: x ≈ q·scale."""
-  check_rounding(rounding)
   xp = namespace(x, scale)
-  u = xp.asarray(x) / scale
-  return _to_int(xp.floor(u) if rounding == "floor" else xp.round(u), bits, xp, dtype)
+  return _to_int(rounded(xp.asarray(x) / scale, rounding), bits, xp, dtype)
 
 
 def dequantize(q, exp, dtype=None):

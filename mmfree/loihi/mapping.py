@@ -18,7 +18,7 @@ import dataclasses
 
 import numpy as np
 
-from mmfree.loihi import hardware
+from mmfree.loihi import fixed, hardware
 from mmfree.loihi.program import HOST, Population, Program, Synapses, is_skip
 
 SUMMED = ("neurons", "synapses", "weights", "skips", "synapse_bytes", "state_bytes")
@@ -83,8 +83,7 @@ def encoding(s: Synapses, nnz: int) -> str:
 
 
 def _signed_bits(a: np.ndarray) -> int:
-  lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
-  return max((v if v >= 0 else ~v).bit_length() + 1 for v in (lo, hi))
+  return fixed.signed_bits(*((a.min(), a.max()) if a.size else (0, 0)))
 
 
 def state_bits(program: Program, q: Population) -> int:

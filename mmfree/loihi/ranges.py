@@ -9,7 +9,7 @@ such rows are counted as saturating. Anything else is an error of the lowering. 
 
 import math
 
-from mmfree.loihi import hardware, neurons
+from mmfree.loihi import fixed, hardware, neurons
 from mmfree.loihi.program import HOST, Csr, Program
 
 # Ports whose accumulator the target rescales (β and the input exponent), with the params prefix.
@@ -21,11 +21,6 @@ RESCALED = {
   "readout": {"x": "logits"},
 }
 INT32 = 32  # the neuron program's registers
-
-
-def bits_of(lo: int, hi: int) -> int:
-  """Signed bits holding every integer in [lo, hi]."""
-  return max((v if v >= 0 else ~v).bit_length() + 1 for v in (int(lo), int(hi)))
 
 
 def _signed(bits: int) -> tuple[int, int]:
@@ -67,8 +62,8 @@ def _rescale(pop: str, port: str, acc: tuple, p: dict, prefix: str) -> list[dict
   lo, hi = _signed(acc_bits)
   sat = (max(acc[0], lo), min(acc[1], hi))  # the accumulator is clipped to acc_bits first
   return [
-    _row(pop, f"{port}.acc", bits_of(*acc), acc_bits, saturates=True),
-    _row(pop, f"{port}.acc*m", bits_of(*_times(sat, (p[f"{prefix}_m"],))), INT32),
+    _row(pop, f"{port}.acc", fixed.signed_bits(*acc), acc_bits, saturates=True),
+    _row(pop, f"{port}.acc*m", fixed.signed_bits(*_times(sat, (p[f"{prefix}_m"],))), INT32),
     _row(pop, f"{port}.rescaled", INT32, p[f"{prefix}_out_bits"], saturates=True),
   ]
 
@@ -100,7 +95,7 @@ def check(program: Program, hw: hardware.Hardware = hardware.DEFAULT) -> list[di
     for port in dict.fromkeys(s.port for s in fan_in):
       acc = fan_in_interval(program, [s for s in fan_in if s.port == port])
       # Dendritic sums arrive as graded messages: they must fit one, saturating or not.
-      rows.append(_row(q.name, f"{port} (fan-in sum)", bits_of(*acc), spike_bits))
+      rows.append(_row(q.name, f"{port} (fan-in sum)", fixed.signed_bits(*acc), spike_bits))
       if port in rescaled:
         rows += _rescale(q.name, port, acc, q.params, rescaled[port])
     rows += _kind_rows(program, q)

@@ -49,9 +49,7 @@ def ste(value, float_value):
 
 def fake_quant(x, s: Scale, rounding: str):
   """sat(round(x / s)) · s, with a straight-through gradient."""
-  lo, hi = fixed.int_range(s.bits)
-  u = x / s.scale
-  q = jnp.clip(jnp.round(u) if rounding == "half_even" else jnp.floor(u), lo, hi)
+  q = fixed.clip_to(fixed.rounded(x / s.scale, rounding), s.bits)
   return ste(q * s.scale, x)
 
 

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mmfree.core.quant import Scale
+from mmfree.loihi import fixed
 from mmfree.quant import hw as hw_lib
 
 PROBES = ("stats", "measure", "values")
@@ -24,10 +25,6 @@ class Probe:
   kind: str  # one of PROBES
   percentile: float | None = None  # of |x|, for the percentile observer (a sort: slow)
   rounding: str = "half_even"
-
-
-def _round(u, rounding: str):
-  return jnp.round(u) if rounding == "half_even" else jnp.floor(u)
 
 
 def point(module: nnx.Module, name: str, x):
@@ -59,9 +56,8 @@ def _record(module: nnx.Module, name: str, x, probe: Probe):
     if name not in getattr(module, "qscales", {}):
       return  # a disabled point: nothing quantizes it
     s: Scale = module.qscales[name]
-    hi = 2 ** (s.bits - 1) - 1
-    u = _round(x32 / s.scale, probe.rounding)
-    q = jnp.clip(u, -hi - 1, hi)
+    u = fixed.rounded(x32 / s.scale, probe.rounding)
+    q = fixed.clip_to(u, s.bits)
     record = {
       "saturated": jnp.sum((u != q).astype(jnp.float32)),
       "count": jnp.asarray(x32.size, jnp.float32),
