@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from mmfree import configs
 from mmfree.cli import main
+from mmfree.run import run_experiment
 
 ROOT = Path(__file__).parent.parent
 SMOKE = str(ROOT / "experiments/tiny.py:smoke")
@@ -33,6 +35,18 @@ def calibrated_run(tmp_path_factory):
       main(["train", "--config", SMOKE, "--workdir", str(d), "--config.train.steps=20",
             "--config.model.num_hidden_layers=2"])  # fmt: skip
       main(["quantize", "calibrate", str(d), "--batches", "4", "--seq-len", "32"])
+  return d
+
+
+@pytest.fixture(scope="session")
+def full_run(tmp_path_factory):
+  """The smoke model through every stage (both precisions, the program, its measurement).
+  Shared: tests copy it before changing it."""
+  full = {"stages": configs.STAGES, "eval.precisions": ("bitnet", "hw"),
+          "loihi.check_tokens": 8, "loihi.measure_tokens": 8, "loihi.new_tokens": 2}  # fmt: skip
+  with _built_once(tmp_path_factory, "full_run") as (d, build):
+    if build:
+      run_experiment(configs.load_experiment(SMOKE, full), d)
   return d
 
 

@@ -16,17 +16,8 @@ from mmfree.run import run_experiment
 
 ROOT = Path(__file__).parent.parent
 SMOKE = str(ROOT / "experiments/tiny.py:smoke")
-FULL = {"stages": configs.STAGES, "eval.precisions": ("bitnet", "hw"), "loihi.check_tokens": 8,
-        "loihi.measure_tokens": 8, "loihi.new_tokens": 2}  # fmt: skip
 OUTPUTS = ("eval.json", "quant/scales.json", "program/program.json", "emulate.json",
            "measure.json", files.DIGESTS)  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def full_run(tmp_path_factory):
-  d = tmp_path_factory.mktemp("full") / "run"
-  run_experiment(configs.load_experiment(SMOKE, FULL), d)
-  return d
 
 
 def _copy(src: Path, tmp_path: Path) -> Path:
@@ -39,8 +30,10 @@ def _mtimes(d: Path) -> dict:
 
 
 def _rerun(d: Path, capsys, **overrides) -> list[str]:
+  """`mmfree run` again with the run's own overrides (conftest's full_run), changed by these."""
+  own = json.loads((d / files.CONFIG).read_text())["experiment"]["overrides"]
   capsys.readouterr()
-  run_experiment(configs.load_experiment(SMOKE, {**FULL, **overrides}), d)
+  run_experiment(configs.load_experiment(SMOKE, {**own, **overrides}), d)
   return [line for line in capsys.readouterr().out.splitlines() if ": rerun, " in line]
 
 
