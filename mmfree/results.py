@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from mmfree import sweep
 from mmfree.core import digest, files
 from mmfree.core.dicts import flatten
-from mmfree.loihi import bundle_io
+from mmfree.loihi import bundle_io, program
 
 if TYPE_CHECKING:  # imported on use: every `mmfree` command builds this module's parser
   import pandas as pd
@@ -60,26 +60,26 @@ def load(path) -> "pd.DataFrame":
 
 
 def _is_run(d: Path) -> bool:
-  return (d / "config.json").exists() or (d / sweep.STATUS).exists()
+  return (d / files.CONFIG).exists() or (d / files.STATUS).exists()
 
 
 def identities(run_dir: Path) -> dict:
   """The content hashes of a run's checkpoint, calibration and program as they are on disk now,
   and whether the program was lowered from exactly that checkpoint and calibration."""
   run_dir = Path(run_dir)
-  ckpt, quant = files.checkpoint_id(run_dir), files.quant_id(run_dir)
+  ckpt, quant = files.recorded_checkpoint_id(run_dir), files.quant_id(run_dir)
   bundle = run_dir / files.PROGRAM
-  manifest = files.read_json(bundle / "program.json")
-  program = bundle_io.content_sha256(bundle) if manifest else None
+  manifest = files.read_json(bundle / program.MANIFEST)
+  content = bundle_io.content_sha256(bundle) if manifest else None
   lowered = (manifest or {}).get("provenance", {}).get("inputs") or {}
   from_these = not digest.changed(lowered, {"checkpoint": ckpt, "quant": quant})
-  return {"checkpoint": ckpt, "quant": quant, "program": program if from_these else None}
+  return {"checkpoint": ckpt, "quant": quant, "program": content if from_these else None}
 
 
-def current_outputs(run_dir: Path) -> tuple[dict, list[str]]:
+def current_outputs(run_dir: Path, ids: dict | None = None) -> tuple[dict, list[str]]:
   """({eval, emulate, measure}: the outputs whose recorded inputs are the run's now, eval per
-  precision), [the stale ones' names]."""
-  ids, out, stale = identities(run_dir), {}, []
+  precision), [the stale ones' names]; `ids` are the run's `identities` when known."""
+  ids, out, stale = ids or identities(run_dir), {}, []
 
   def current(name: str, rec: dict) -> bool:
     inputs = rec.get("inputs")
@@ -103,10 +103,10 @@ def _row(d: Path) -> dict:
   row = {"name": d.name, "status": status.get("status", "missing")}
   row |= _flatten(sweep.read_json(d / files.CONFIG) or {})
   row |= _final_metrics(d / files.METRICS)
-  outputs, stale = current_outputs(d)
+  ids = identities(d)  # hashes the program once for the row
+  outputs, stale = current_outputs(d, ids)
   for stage, rec in outputs.items():
     row |= _flatten(rec, f"{stage}.")
-  ids = identities(d)
   row |= {f"{k}_sha256": (v or {}).get("params_sha256") if k == "checkpoint" else v
           for k, v in ids.items()}  # fmt: skip
   return row | {"stale": tuple(stale), "error": status.get("error"), "path": str(d)}

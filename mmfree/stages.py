@@ -20,7 +20,7 @@ from mmfree.core import digest, files
 from mmfree.core.experiment import RUNTIME_MODEL_FIELDS, Experiment
 from mmfree.core.files import read_json, write_json
 from mmfree.data import sources
-from mmfree.loihi import backend, bundle_io
+from mmfree.loihi import backend, bundle_io, program
 from mmfree.loihi import measure as measuring
 from mmfree.quant import calibrate
 from mmfree.store import checkpoint
@@ -62,9 +62,9 @@ def model_config(exp: Experiment, vocab_size: int, tokenizer):
 def _check_same_stream(run_dir: Path, step: int, identity: dict):
   """A resumed run continues on the token stream it started on, or not at all."""
   saved = ((read_json(run_dir / files.CONFIG) or {}).get("data_info") or {}).get("identity")
-  if saved is None or not digest.changed(saved, identity):
+  parts = digest.changed(saved, identity) if saved is not None else []
+  if not parts:
     return
-  parts = digest.changed(saved, identity)
   raise ValueError(
     f"{run_dir} was trained to step {step} on another token stream (its {', '.join(parts)} "
     "differ: edited files, another embedded corpus from another Python, or another tokenizer); "
@@ -83,7 +83,7 @@ def stage_train(exp: Experiment, run_dir: Path):
     _check_same_stream(run_dir, latest, identity)
   data = sources.load_data(data_cfg)
   model_cfg = model_config(exp, data.vocab_size, data.tokenizer)
-  info = {**data.info, "identity": identity, "data_id": digest.json_sha256(identity)}
+  info = {**data.info, "identity": identity}
   resolved = {**exp.to_dict(), "model": model_cfg.to_dict(), "data_info": info}
   write_json(run_dir / files.CONFIG, resolved)
   if data.tokenizer is not None:
@@ -96,17 +96,12 @@ def stage_train(exp: Experiment, run_dir: Path):
     tracker.close()
 
 
-def _calibration(exp: Experiment, run_dir: Path, source: Path) -> tuple[dict, tuple]:
-  """(inputs, arguments) of the run's calibration from `source`'s weights."""
+def _calibrate_if_stale(exp: Experiment, run_dir: Path, source: Path):
+  """The run's calibration from `source`'s weights, unless `quant/` holds it already."""
   e = exp.eval
   args = (run_dir, exp.quant, data_config(exp), e.calib_batches, e.calib_batch_size,
           exp.train.seq_len, source)  # fmt: skip
-  return calibration.inputs(*args), args
-
-
-def _calibrate_if_stale(exp: Experiment, run_dir: Path, source: Path):
-  wanted, args = _calibration(exp, run_dir, source)
-  if not _current("calibrate", calibrate.recorded_inputs(run_dir), wanted):
+  if not _current("calibrate", calibrate.recorded_inputs(run_dir), calibration.inputs(*args)):
     calibration.calibrate_run(*args)
 
 
@@ -128,25 +123,17 @@ def stage_calibrate(exp: Experiment, run_dir: Path):
   _calibrate_if_stale(exp, run_dir, Path(exp.train.init_from) if qat else run_dir)
 
 
-def eval_inputs(exp: Experiment, run_dir: Path, precision: str) -> dict:
-  return {
-    "checkpoint": checkpoint.checkpoint_id(run_dir),
-    "quant": files.quant_id(run_dir) if precision == "hw" else None,
-    "eval": {
-      "precision": precision,
-      "seq_len": exp.train.seq_len,
-      "max_windows": exp.eval.max_windows,
-    },  # fmt: skip
-    "data": evaluate.data_id(data_config(exp), run_dir),
-  }
-
-
 def stage_eval(exp: Experiment, run_dir: Path):
   """`eval.json`: {precision: loss, perplexity, bits per byte[, saturation], inputs}."""
   old = read_json(run_dir / files.EVAL) or {}
   results = {}
+  ckpt, quant = checkpoint.checkpoint_id(run_dir), files.quant_id(run_dir)
+  data = evaluate.data_id(data_config(exp), run_dir)
   for precision in exp.eval.precisions or (checkpoint.model_config(run_dir).precision,):
-    wanted = eval_inputs(exp, run_dir, precision)
+    settings = {"precision": precision, "seq_len": exp.train.seq_len,
+                "max_windows": exp.eval.max_windows}  # fmt: skip
+    wanted = {"checkpoint": ckpt, "quant": quant if precision == "hw" else None,
+              "eval": settings, "data": data}  # fmt: skip
     entry = old.get(precision)
     if _current(f"eval {precision}", entry and entry.get("inputs"), wanted):
       results[precision] = entry
@@ -165,7 +152,7 @@ def stage_eval(exp: Experiment, run_dir: Path):
 def stage_lower(exp: Experiment, run_dir: Path):
   """`RUN/program/` from the run's checkpoint and calibration, the lm_head where asked."""
   bundle = run_dir / files.PROGRAM
-  recorded = (read_json(bundle / "program.json") or {}).get("provenance", {}).get("inputs")
+  recorded = (read_json(bundle / program.MANIFEST) or {}).get("provenance", {}).get("inputs")
   if _current("lower", recorded, lowering.inputs(run_dir, exp.loihi.lm_head)):
     return
   lowering.lower_run(run_dir, bundle, exp.loihi.lm_head)
@@ -216,7 +203,7 @@ def stage_emulate(exp: Experiment, run_dir: Path):
 def measure_inputs(exp: Experiment, run_dir: Path) -> dict:
   c = exp.loihi
   # the constants file's content, not its name: an edited file is another measurement
-  text = Path(c.constants).read_bytes() if c.constants else b""
+  constants = hashlib.sha256(Path(c.constants).read_bytes()).hexdigest() if c.constants else None
   return {
     "program": bundle_io.content_sha256(run_dir / files.PROGRAM),
     "measure": {
@@ -224,7 +211,7 @@ def measure_inputs(exp: Experiment, run_dir: Path) -> dict:
       "measure_tokens": c.measure_tokens,
       "new_tokens": c.new_tokens,
     },  # fmt: skip
-    "constants": hashlib.sha256(text).hexdigest() if c.constants else None,
+    "constants": constants,
     "data": evaluate.data_id(data_config(exp), run_dir),
   }
 

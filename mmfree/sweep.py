@@ -13,7 +13,6 @@ Ctrl-C completes only what is missing. `DIR/sweep.json` lists the points.
 import argparse
 import dataclasses
 import datetime
-import json
 import os
 import re
 import shlex
@@ -64,10 +63,6 @@ def run_name(overrides: dict, config: dict) -> str:
   words = ",".join(f"{k.rsplit('.', 1)[-1]}={_short(overrides[k])}" for k in sorted(overrides))
   words = re.sub(r"[^A-Za-z0-9_.,=+-]", "_", words)[:_NAME_MAX] or "base"
   return f"{words}-{identity(config)[:8]}"
-
-
-def _canonical(overrides: dict) -> str:
-  return json.dumps(overrides, sort_keys=True, separators=(",", ":"), default=repr)
 
 
 def _short(v) -> str:
@@ -138,7 +133,7 @@ def plan(
   for point in points:
     config = configs.load_experiment(spec, {**point, **extra}).to_dict()
     point = {k: v for k, v in point.items() if k not in extra}  # extra wins: not the point's
-    name = run_name(_changing(point, {k: v for k, v in base.items() if k != "experiment"}), config)
+    name = run_name(_changing(point, base), config)
     if name in seen:  # e.g. {} and {"quant.act_bits": 8}, the default: one run
       print(f"{spec}: points {seen[name]} and {point} resolve to the same config: one run {name}")
       continue
@@ -147,7 +142,8 @@ def plan(
     cmd = [*prefix, "run", spec, "--workdir", str(workdir / name), *args]
     runs.append(Run(name, workdir / name, dict(point), cmd, config))
   old = read_json(workdir / MANIFEST)
-  if old and (old.get("spec"), _canonical(old.get("extra_overrides"))) != (spec, _canonical(extra)):
+  recorded = [old.get("spec"), old.get("extra_overrides")] if old else None
+  if old and digest.json_sha256(recorded) != digest.json_sha256([spec, extra]):
     raise ValueError(
       f"{workdir} holds the sweep {old.get('spec')} {old.get('extra_overrides')}, not "
       f"{spec} {extra}: use another --workdir"

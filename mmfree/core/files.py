@@ -75,7 +75,7 @@ def latest_step(run_dir: Path) -> int | None:
   return max(steps, default=None)
 
 
-def checkpoint_id(run_dir: Path) -> dict | None:
+def recorded_checkpoint_id(run_dir: Path) -> dict | None:
   """{"step", "params_sha256"} of a run's latest checkpoint as recorded at save (the hash is
   None where it was never recorded); None without a checkpoint."""
   step = latest_step(run_dir)

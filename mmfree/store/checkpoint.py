@@ -49,16 +49,17 @@ def manager(run_dir: Path, max_to_keep: int | None = 3) -> ocp.CheckpointManager
 
 def save_train_state(mgr: ocp.CheckpointManager, step: int, params, opt_state):
   """Parameters, optimizer state and the step (the data position) in one atomic checkpoint."""
+  pure = nnx.to_pure_dict(params)
   mgr.save(
     step,
     args=ocp.args.Composite(
-      params=ocp.args.StandardSave(nnx.to_pure_dict(params)),
+      params=ocp.args.StandardSave(pure),
       opt_state=ocp.args.StandardSave(opt_state),
       meta=ocp.args.JsonSave({"step": step}),
     ),
   )
   mgr.wait_until_finished()
-  record_digest(Path(mgr.directory).parent, step, nnx.to_pure_dict(params))
+  record_digest(Path(mgr.directory).parent, step, pure)
 
 
 def _abstract(tree, sharding=None):
@@ -107,12 +108,12 @@ def checkpoint_id(path: Path) -> dict:
   now if the save did not record it), or {"hf_sha256"} of a Hugging Face directory's weights."""
   path = Path(path)
   if (path / CHECKPOINTS).is_dir():
-    ident = files.checkpoint_id(path)
+    ident = files.recorded_checkpoint_id(path)
     if ident is None:
       raise FileNotFoundError(f"no checkpoint under {path / CHECKPOINTS}")
     if ident["params_sha256"] is None:
       record_digest(path, ident["step"], restore_params(path, model_config(path), ident["step"]))
-      ident = files.checkpoint_id(path)
+      ident = files.recorded_checkpoint_id(path)
     return ident
   weights, _ = hf.weight_files(path)
   return {"hf_sha256": digest.files_sha256([*weights, path / hf.CONFIG])}
