@@ -3,6 +3,7 @@ worker gets there first, in the session's shared temporary directory)."""
 
 import contextlib
 import fcntl
+import os
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,9 @@ SMOKE = str(ROOT / "experiments/tiny.py:smoke")
 @contextlib.contextmanager
 def _built_once(tmp_path_factory, name: str):
   """Yields (directory, whether to build it): one worker builds, the others wait and reuse."""
-  shared = tmp_path_factory.getbasetemp().parent  # the same for every worker of this session
+  shared = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker's is popen-gwN under the session's
+    shared = shared.parent
   d, done = shared / name, shared / f"{name}.done"
   with open(shared / f"{name}.lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)

@@ -23,14 +23,42 @@ def figures(loss: float, bytes_per_token: float | None) -> dict:
   return {"loss": loss, "ppl": math.exp(min(loss, 700)), "bpb": bpb}
 
 
+def batches(windows_NxT1, batch: int, progress: bool = False):
+  """(windows [batch, T + 1], how many rows are real), `batch` at a time: the last batch is
+  padded with copies of its last row, so that every call has one shape (one compilation)."""
+  starts = range(0, len(windows_NxT1), batch)
+  for i in tqdm(starts, desc="eval", unit="batch", leave=False, disable=not progress):
+    w = np.asarray(windows_NxT1[i : i + batch])
+    n = len(w)
+    yield np.concatenate([w, np.repeat(w[-1:], batch - n, axis=0)]), n
+
+
 def score(token_nll: Callable, windows_NxT1, bytes_per_token: float | None, batch: int,
           progress: bool = False) -> dict:  # fmt: skip
   """`figures` of the mean next-token loss over windows, `token_nll` [b, T] of `batch` at a time."""
-  starts = range(0, len(windows_NxT1), batch)
-  if progress:
-    starts = tqdm(starts, desc="eval", unit="batch", leave=False)
-  nll = np.concatenate([np.asarray(token_nll(windows_NxT1[i : i + batch])).ravel() for i in starts])
+  nll = [np.asarray(token_nll(w))[:n] for w, n in batches(windows_NxT1, batch, progress)]
+  nll = np.concatenate(nll).ravel()
   return {**figures(float(nll.mean()), bytes_per_token), "tokens": int(nll.size)}
+
+
+def score_saturation(lm, windows_NxT1, bytes_per_token: float | None, batch: int) -> dict:
+  """`score` at `hw` and, from the same forward passes, the share of values each kind of
+  quantization point clipped (padding rows left out)."""
+  nll, sat = [], {}
+  for w, n in batches(windows_NxT1, batch, progress=True):
+    nll_b, sat_b = lm.token_nll_saturation(w)
+    nll.append(nll_b[:n])
+    for key, (a, c) in sat_b.items():  # per row [batch] for activations, per call for gains
+      a, c = (float(np.sum(v[:n] if np.ndim(v) else v)) for v in (a, c))
+      kind = key.rpartition(".")[2]
+      sat[kind] = tuple(x + y for x, y in zip(sat.get(kind, (0.0, 0.0)), (a, c), strict=True))
+  nll = np.concatenate(nll).ravel()
+  return {
+    **figures(float(nll.mean()), bytes_per_token),
+    "tokens": int(nll.size),
+    "saturation_pct": 100 * sum(a for a, _ in sat.values()) / sum(c for _, c in sat.values()),
+    "saturation_pct_by_point": {k: 100 * a / c for k, (a, c) in sorted(sat.items())},
+  }
 
 
 def with_model_tokenizer(data_cfg: DataConfig, model_dir: Path) -> DataConfig:
@@ -69,18 +97,9 @@ def evaluate_model(
   lm = load(model_dir, precision)
   data = load_model_data(data_cfg, model_dir, lm.config.vocab_size)
   windows_NxT1 = pipeline.eval_windows(data.val_N, seq_len, max_windows)
-  scores = score(lm.token_nll, windows_NxT1, data.info.get("val_bytes_per_token"), batch, True)
-  sat = {}
+  bpt = data.info.get("val_bytes_per_token")
   if lm.config.precision == "hw":  # how often each kind of point clipped on the eval text
-    for i in range(0, len(windows_NxT1), batch):
-      for key, (n_sat, n) in lm.saturation(windows_NxT1[i : i + batch, :-1]).items():
-        kind = key.rpartition(".")[2]
-        sat[kind] = tuple(a + b for a, b in zip(sat.get(kind, (0.0, 0.0)), (n_sat, n), strict=True))
-  return {
-    **scores,
-    "seq_len": seq_len,
-    "precision": lm.config.precision,
-    **({"saturation_pct": 100 * sum(a for a, _ in sat.values()) / sum(n for _, n in sat.values()),
-        "saturation_pct_by_point": {k: 100 * a / n for k, (a, n) in sorted(sat.items())}}
-       if sat else {}),
-  }  # fmt: skip
+    scores = score_saturation(lm, windows_NxT1, bpt, batch)
+  else:
+    scores = score(lm.token_nll, windows_NxT1, bpt, batch, True)
+  return {**scores, "seq_len": seq_len, "precision": lm.config.precision}

@@ -13,6 +13,8 @@ from flax import nnx
 from mmfree.data.tokenizers import Tokenizer, load_tokenizer
 from mmfree.models import MMfreeLM, ModelConfig
 from mmfree.models.sample import check_sampling, sample
+from mmfree.quant import calibrate, hw
+from mmfree.quant.points import Probe, recorder, set_hw, set_probe
 from mmfree.store import checkpoint
 
 
@@ -41,16 +43,23 @@ class LanguageModel:
     self.source = source
     graphdef, self._state = nnx.split(model)
 
-    def forward(state, tokens_BxT, h_LxBxD):
-      return nnx.merge(graphdef, state)(tokens_BxT, h_LxBxD)
+    def forward(state, tokens_BxT, h_LxBxD, model=None):
+      with hw.inference():  # no gradients here: the `hw` level's float paths are dead code
+        return (model or nnx.merge(graphdef, state))(tokens_BxT, h_LxBxD)
 
-    def nll(state, tokens_BxT):
-      logits_BxTxV, _ = forward(state, tokens_BxT[:, :-1], self._init_state(len(tokens_BxT)))
+    def nll(state, tokens_BxT, model=None):
+      h_LxBxD = self._init_state(len(tokens_BxT))
+      logits_BxTxV, _ = forward(state, tokens_BxT[:, :-1], h_LxBxD, model)
       return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, tokens_BxT[:, 1:])
+
+    def nll_saturation(state, tokens_BxT):
+      model = nnx.merge(graphdef, state)
+      set_probe(model, Probe("measure", rounding=_hw_rounding(model)))
+      return recorder(lambda m, t: nll(state, t, m))(model, tokens_BxT)
 
     self._forward = jax.jit(forward)
     self._nll = jax.jit(nll)
-    self._graphdef = graphdef
+    self._nll_saturation = jax.jit(nll_saturation)
     self._init_state = nnx.merge(graphdef, self._state).init_state
 
   def logits(self, tokens_BxT) -> np.ndarray:
@@ -63,20 +72,23 @@ class LanguageModel:
     """Negative log-likelihood (nats) of each next token, [B, T-1]."""
     return np.asarray(self._nll(self._state, self._check_tokens(tokens_BxT, "tokens_BxT")))
 
-  def saturation(self, tokens_BxT) -> dict[str, tuple[float, float]]:
-    """At `hw`: {'module.path.point': (saturated, count)} of the values clipped on these tokens."""
-    from mmfree.quant.points import Probe, recorder, set_probe
-
+  def token_nll_saturation(self, tokens_BxT) -> tuple[np.ndarray, dict]:
+    """At `hw`, in one pass: `token_nll` and {'module.path.point': (saturated, count)}, values
+    clipped at each point and values seen, per batch row [B] for activations (a parameter's,
+    such as a norm gain's, once per call)."""
     if self.config.precision != "hw":
       raise ValueError(f"saturation is counted at precision 'hw', not {self.config.precision!r}")
-    if not hasattr(self, "_measure"):
-      model = nnx.merge(self._graphdef, self._state)
-      set_probe(model, Probe("measure", rounding=_hw_rounding(model)))
-      graphdef = nnx.graphdef(model)
-      run = recorder(lambda m, t: m(t)[0])
-      self._measure = jax.jit(lambda state, t: run(nnx.merge(graphdef, state), t)[1])
-    records = self._measure(self._state, self._check_tokens(tokens_BxT, "tokens_BxT"))
-    return {k: (float(r[0]["saturated"]), float(r[0]["count"])) for k, r in records.items()}
+    nll, records = self._nll_saturation(self._state, self._check_tokens(tokens_BxT, "tokens_BxT"))
+    sat = {k: tuple(sum(np.asarray(r[f]) for r in recs) for f in ("saturated", "count"))
+           for k, recs in records.items()}  # fmt: skip
+    return np.asarray(nll), sat
+
+  def saturation(self, tokens_BxT) -> dict[str, tuple[float, float]]:
+    """At `hw`: {'module.path.point': (saturated, count)} of the values clipped on the tokens."""
+    tokens_BxT = np.asarray(tokens_BxT)
+    tokens_BxT1 = np.concatenate([tokens_BxT, tokens_BxT[..., -1:]], axis=-1)  # a dummy target
+    _, sat = self.token_nll_saturation(tokens_BxT1)
+    return {k: (float(np.sum(a)), float(np.sum(n))) for k, (a, n) in sat.items()}
 
   def stream(
     self,
@@ -162,8 +174,5 @@ def load(path, precision: str | None = None, step: int | None = None) -> Languag
     cfg = cfg.replace(precision=precision)
   model = checkpoint.build_model(cfg, params)
   if cfg.precision == "hw":  # the frozen scales of `mmfree quantize calibrate`
-    from mmfree.quant import calibrate
-    from mmfree.quant.points import set_hw
-
     set_hw(model, *calibrate.load(path))
   return LanguageModel(model, load_tokenizer(path), source=str(path))

@@ -38,6 +38,11 @@ def _fmt(s: Scale) -> dict:
   return {"frac": hw.frac_of(s), "bits": s.bits}
 
 
+def point_key(path: str, point: str) -> str:
+  """The `hw` model's name of a quantization point (what its saturation counts are keyed by)."""
+  return f"{path}.{point}" if path else point
+
+
 class _Builder:
   """Collects populations, synapse groups and arrays; reads scales by module path."""
 
@@ -46,7 +51,7 @@ class _Builder:
     self.populations, self.synapses, self.arrays = [], [], {}
 
   def scale(self, path: str, point: str) -> Scale:
-    s = self.scales.get(f"{path}.{point}" if path else point)
+    s = self.scales.get(point_key(path, point))
     if s is None:
       raise ValueError(
         f"no frozen scale for {path}.{point}: lowering needs every point calibrated with "
@@ -77,12 +82,14 @@ class _Builder:
     gain_q = fixed.quantize(gain, -fmt.gain_frac, fmt.gain_bits, fmt.rounding, np.int32)
     return {"norm": dataclasses.asdict(fmt)}, {"gain": self.array(f"{path}.gain", gain_q)}
 
-  def rmsnorm(self, path: str, size: int, layer: int | None, source: str, fmt_in: dict,
-              fmt_out: dict) -> str:  # fmt: skip
-    """A standalone RMSNorm population: its input's format in, the point after it out."""
+  def rmsnorm(self, path: str, size: int, layer: int | None, source: str, fmt_in: tuple,
+              fmt_out: tuple) -> str:  # fmt: skip
+    """A standalone RMSNorm population: its input's format in, the point after it out, each
+    given as (module path, point)."""
     params, arrays = self.norm(path, size)
-    params |= {"in": fmt_in, "out": fmt_out}
-    name = self.population(path, "rmsnorm", size, layer, params, arrays, out=fmt_out)
+    params |= {"in": self.fmt(*fmt_in), "out": self.fmt(*fmt_out),
+               "point": {"norm": path, "in": point_key(*fmt_in), "out": point_key(*fmt_out)}}  # fmt: skip
+    name = self.population(path, "rmsnorm", size, layer, params, arrays, out=params["out"])
     self.identity(source, name, size)
     return name
 
@@ -108,18 +115,21 @@ class _Builder:
     w = np.asarray(self.param(f"{path}.kernel"), np.float32)
     I, O = w.shape
     w_q, beta = jax.device_get(bitnet.weight_ternary(w))  # the model's own β, bit for bit
-    m, k = neurons.multiplier(np.float32(beta), neurons.rescale_m_bits(I))
+    in_bits = self.qcfg.bits_of("bitlinear_in")
+    m, k = neurons.multiplier(np.float32(beta), neurons.rescale_m_bits(I, in_bits))
     out = self.fmt(path, "bitlinear_out")
     rescale = {"m": int(m), "k": int(k), "acc_bits": self.qcfg.acc_bits, "out_frac": out["frac"],
-               "out_bits": out["bits"]}  # fmt: skip
+               "out_bits": out["bits"], "path": path}  # fmt: skip
     norm_params, norm_arrays = self.norm(f"{path}.norm", I)
-    policy = {"policy": self.qcfg.bitlinear_input}
+    policy = {"policy": self.qcfg.bitlinear_input, "in_bits": in_bits,
+              "point": {"norm": f"{path}.norm", "in": f"{path}.bitlinear_in"}}  # fmt: skip
     if self.qcfg.bitlinear_input == "static":
-      policy["e_x"] = -hw.frac_of(self.scale(path, "bitlinear_in"))
+      s_in = self.scale(path, "bitlinear_in")
+      policy |= {"e_x": -hw.frac_of(s_in), "in_bits": s_in.bits}
     if target == HOST:  # the host applies the rescale of an lm_head it runs itself
       policy["head"] = rescale
     name = self.population(f"{path}.in", "bitlinear_in", I, layer, {**norm_params, **policy},
-                           norm_arrays, out={"bits": 8})  # fmt: skip
+                           norm_arrays, out={"bits": policy["in_bits"]})  # fmt: skip
     self.identity(source, name, I)
     n = O // len(ports)
     for j, port in enumerate(ports):
@@ -158,7 +168,7 @@ def lower(params: dict, cfg: ModelConfig, qcfg: QuantConfig, scales: dict, *, lm
   x = HOST  # the residual stream's source: the host's embedding, then each block's output
   for l in range(cfg.num_hidden_layers):
     p, a, m = f"layers.{l}", f"layers.{l}.attn", f"layers.{l}.mlp"
-    attn_norm = b.rmsnorm(f"{p}.attn_norm", H, l, x, b.fmt(p, "block_in"), b.fmt(p, "attn_norm"))
+    attn_norm = b.rmsnorm(f"{p}.attn_norm", H, l, x, (p, "block_in"), (p, "attn_norm"))
     mlgru, g_norm = f"{a}.mlgru", f"{a}.g_norm"
     f = b.bitlinear(f"{a}.f_proj", attn_norm, l, mlgru, "f")
     i = b.bitlinear(f"{a}.i_proj", attn_norm, l, mlgru, "i")
@@ -170,14 +180,18 @@ def lower(params: dict, cfg: ModelConfig, qcfg: QuantConfig, scales: dict, *, lm
     b.population(mlgru, "mlgru", D, l,
                  {**lut_params, "f": f, "i": i, "c": b.fmt(a, "c"), "h": b.fmt(a, "h"),
                   "out": b.fmt(a, "silu_h"), "wide_bits": hw.WIDE_BITS,
-                  "sigma_bits": hw.sigma_bits(qcfg)},
+                  "sigma_bits": hw.sigma_bits(qcfg),
+                  "point": {"c": point_key(a, "c"), "h": point_key(a, "h"), "out": point_key(a, "silu_h")}},
                  arrays, {"h": qcfg.state_bits}, b.fmt(a, "silu_h"))  # fmt: skip
     g_params, g_arrays = b.norm(g_norm, D)
-    b.population(g_norm, "g_norm", D, l, {**g_params, "g": g, "out": b.fmt(a, "g_norm")},
+    b.population(g_norm, "g_norm", D, l,
+                 {**g_params, "g": g, "out": b.fmt(a, "g_norm"),
+                  "point": {"norm": g_norm, "out": point_key(a, "g_norm")}},
                  g_arrays, out=b.fmt(a, "g_norm"))  # fmt: skip
     gated = b.population(f"{a}.gated", "product", D, l,
                          {"a": b.fmt(a, "g_norm"), "b": b.fmt(a, "silu_h"),
-                          "out": b.fmt(a, "gated"), "rounding": qcfg.rounding},
+                          "out": b.fmt(a, "gated"), "rounding": qcfg.rounding,
+                          "point": {"out": point_key(a, "gated")}},
                          out=b.fmt(a, "gated"))  # fmt: skip
     b.identity(g_norm, gated, D, "a")
     b.identity(mlgru, gated, D, "b")
@@ -185,27 +199,31 @@ def lower(params: dict, cfg: ModelConfig, qcfg: QuantConfig, scales: dict, *, lm
     o = b.bitlinear(f"{a}.o_proj", gated, l, res_attn, "a")
     b.population(res_attn, "residual", H, l,
                  {"a": o, "x": b.fmt(p, "block_in"), "branch": b.fmt(p, "attn_out"),
-                  "out": b.fmt(p, "residual"), "rounding": qcfg.rounding},
+                  "out": b.fmt(p, "residual"), "rounding": qcfg.rounding,
+                  "point": {"branch": point_key(p, "attn_out"), "out": point_key(p, "residual")}},
                  out=b.fmt(p, "residual"))  # fmt: skip
     b.identity(x, res_attn, H)
-    mlp_norm = b.rmsnorm(f"{p}.mlp_norm", H, l, res_attn, b.fmt(p, "residual"),
-                         b.fmt(p, "mlp_norm"))  # fmt: skip
+    mlp_norm = b.rmsnorm(f"{p}.mlp_norm", H, l, res_attn, (p, "residual"), (p, "mlp_norm"))
     glu, res_mlp = f"{m}.glu", f"{p}.res_mlp"
     gu = b.bitlinear(f"{m}.gate_proj", mlp_norm, l, glu, "gate", "up")  # [gate | up] columns
     b.population(glu, "glu", I, l,
                  {**lut_params, "gate_up": gu, "gate": b.fmt(m, "glu_gate"),
                   "up": b.fmt(m, "glu_up"), "silu": b.fmt(m, "glu_silu"),
-                  "out": b.fmt(m, "glu_prod"), "wide_bits": hw.WIDE_BITS},
+                  "out": b.fmt(m, "glu_prod"), "wide_bits": hw.WIDE_BITS,
+                  "point": {"gate": point_key(m, "glu_gate"), "up": point_key(m, "glu_up"),
+                            "silu": point_key(m, "glu_silu"), "out": point_key(m, "glu_prod")}},
                  out=b.fmt(m, "glu_prod"))  # fmt: skip
     d = b.bitlinear(f"{m}.down_proj", glu, l, res_mlp, "a")
     last = l == cfg.num_hidden_layers - 1
-    out = b.fmt("norm", "rms_in") if last else b.fmt(f"layers.{l + 1}", "block_in")
+    nxt = ("norm", "rms_in") if last else (f"layers.{l + 1}", "block_in")
+    out = b.fmt(*nxt)
     b.population(res_mlp, "residual", H, l,
                  {"a": d, "x": b.fmt(p, "residual"), "branch": b.fmt(p, "mlp_out"), "out": out,
-                  "rounding": qcfg.rounding}, out=out)  # fmt: skip
+                  "rounding": qcfg.rounding,
+                  "point": {"branch": point_key(p, "mlp_out"), "out": point_key(*nxt)}}, out=out)  # fmt: skip
     b.identity(res_attn, res_mlp, H)
     x = res_mlp
-  final = b.rmsnorm("norm", H, None, x, b.fmt("norm", "rms_in"), b.fmt("", "final_norm"))
+  final = b.rmsnorm("norm", H, None, x, ("norm", "rms_in"), ("", "final_norm"))
   if lm_head == "chip":
     head = b.bitlinear("lm_head", final, None, "readout", "x")
     b.population("readout", "readout", cfg.vocab_size, None,

@@ -40,6 +40,7 @@ class QuantConfig:
   """How the `hw` level quantizes; `bits` and `disabled` refine single points."""
 
   act_bits: int = 8  # activations passed between operations
+  input_bits: int = 8  # BitLinear inputs (bitlinear_in): int8 as published, wider where exact
   state_bits: int = 16  # the MLGRU state h, held by a neuron between timesteps
   acc_bits: int = 24  # BitLinear accumulators before rescale
   gain_bits: int = 12  # the RMSNorm gain, held by the norm's neuron
@@ -72,7 +73,7 @@ class QuantConfig:
     for name, valid in choices.items():
       if getattr(self, name) not in valid:
         raise ValueError(f"quant.{name}={getattr(self, name)!r}: expected one of {valid}")
-    for name in ("act_bits", "state_bits", "acc_bits", "gain_bits"):
+    for name in ("act_bits", "input_bits", "state_bits", "acc_bits", "gain_bits"):
       _check_bits(f"quant.{name}", getattr(self, name))
     unknown = [p for p in self.disabled if p not in ALL_POINTS]
     if unknown:
@@ -115,12 +116,15 @@ class QuantConfig:
     return point not in self.disabled
 
   def bits_of(self, point: str) -> int:
-    """The width of `point`: its own, else the state's (h), the RMSNorm gain's, the accumulators'
+    """The width of `point`: its own, else the state's (h), the BitLinear inputs' (the width
+    their integers are clipped to, per token or static), the RMSNorm gain's, the accumulators'
     (1/rms too: it spans decades across tokens, and small values must keep their precision) or
     the activations'."""
     explicit = self.point_bits
     if point in explicit:
       return explicit[point]
+    if point == "bitlinear_in":
+      return self.input_bits
     if point == "h":
       return self.state_bits
     if point == "rms_gain":

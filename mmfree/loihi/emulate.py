@@ -3,8 +3,11 @@
 Each neuron kind is a function of its ports' messages, built from the integer kernels of
 `neurons` (the same ones the `hw` model runs), so its integers equal the `hw` model's at every
 population output. Messages are integers with a Q format (a per-token exponent for a BitLinear's
-int8 inputs). Activity per population and token: synaptic operations (non-zero weight × non-zero
-incoming message), messages sent (non-zero outputs) and neuron updates. numpy only.
+integer inputs). Activity per population and token: synaptic operations (non-zero weight ×
+non-zero incoming message), messages sent (non-zero outputs) and neuron updates. Clips per
+quantization point and token: every saturation a population applies, counted under the `hw`
+model's point it implements (the lowering names them in `point_*` and `*_path` parameters), so
+they equal the `hw` model's saturation counts on the same tokens. numpy only.
 """
 
 import dataclasses
@@ -32,6 +35,7 @@ class Result:
   logits: np.ndarray  # [B, T + N − 1, V] float32, one row per step
   outputs: dict  # population -> int64 [B, T, n], when recorded
   activity: dict  # population -> {ACTIVITY name: int64 [steps]}
+  clips: dict = dataclasses.field(default_factory=dict)  # (population, point) -> int64 [steps]
 
 
 def requant(q, f_from, f_to, bits, rounding):
@@ -73,7 +77,10 @@ class Emulator:
     self.fan_in = {q.name: program.fan_in(q.name) for q in program.populations}
     first = next(q for q in program.populations if q.kind == "rmsnorm")
     self.embed_fmt = (first.params["in_frac"], first.params["in_bits"])
+    self.embed_point = first.params.get("point_in")
     self.state: dict = {}
+    self.clips: dict = {}  # (population, point) -> values clipped in the current step
+    self._pop = HOST  # the population being stepped, for `clip`
     self._weights, self._row_nnz = {}, {}  # built on first use: a Lava neuron process needs none
 
   def weights(self, synapses: str) -> np.ndarray:
@@ -91,11 +98,31 @@ class Emulator:
     self.state = {q.name: np.zeros((batch, q.size), np.int64) for q in self.p.populations
                   if q.state_bits}  # fmt: skip
 
+  def count(self, point: str | None, mask):
+    """Count the values `mask` marks as clips of `point` (a `hw` point key), in the current
+    population; None: a saturation no point stands for (none changes a value)."""
+    if point:
+      key = (self._pop, point)
+      self.clips[key] = self.clips.get(key, 0) + int(np.count_nonzero(mask))
+
+  def clip(self, point: str | None, u, bits: int, also=None):
+    """u saturated to `bits`; the values it changed (or `also` marks) count as clips of `point`."""
+    q = fixed.saturate(u, bits)
+    self.count(point, q != u if also is None else (q != u) | also)
+    return q
+
+  def requant(self, q, f_from, f_to, bits, point: str | None, also=None):
+    """`requant`, counting what the saturation clipped as clips of `point`."""
+    return self.clip(
+      point, fixed.shift_right(q, int(f_from) - int(f_to), self.rounding), bits, also
+    )
+
   def embed(self, tokens_B) -> Msg:
     """The host's part: a token's embedding row quantized to the first norm's input format."""
     f, bits = self.embed_fmt
-    x = fixed.quantize(self.embedding[np.asarray(tokens_B)], -f, bits, self.rounding, np.int64)
-    return Msg(x, f)
+    u = fixed.round_scaled(self.embedding[np.asarray(tokens_B)], -f, self.rounding)
+    self._pop = HOST
+    return Msg(self.clip(self.embed_point, u.astype(np.int64), bits), f)
 
   def counts(self, pop: Population, q_in: dict, y_q: np.ndarray) -> tuple[int, int, int]:
     """(synops, messages, updates) of `pop` in one step: sources' integers `q_in` [B, n] in,
@@ -118,7 +145,9 @@ class Emulator:
     return act
 
   def step(self, tokens_B) -> tuple[dict, dict]:
-    """(outputs {population: Msg}, activity {population: (synops, messages, updates)})."""
+    """(outputs {population: Msg}, activity {population: (synops, messages, updates)}); the
+    step's clips are in `self.clips`."""
+    self.clips = {}
     out = {HOST: self.embed(tokens_B)}
     q = {HOST: out[HOST].q}  # the integers alone, for the counts
     activity = {}
@@ -131,6 +160,7 @@ class Emulator:
         acc = self._matmul(m, s.name)
         prev = ports.get(s.port)
         ports[s.port] = Msg(acc if prev is None else prev.q + acc, m.frac)
+      self._pop = pop.name
       y = KINDS[pop.kind](self, pop, ports)
       out[pop.name], q[pop.name] = y, y.q
       activity[pop.name] = self.counts(pop, q, y.q)
@@ -145,11 +175,14 @@ class Emulator:
     self.reset(B)
     outs: dict = {}
     act = {q.name: np.zeros((3, steps), np.int64) for q in self.p.populations}
+    clips: dict = {}
     logits, new = [], []
     for t in range(steps):
       o, a = self.step(tokens_BxT[:, t] if t < T else new[-1])
       for name, counts in a.items():
         act[name][:, t] = counts
+      for key, n in self.clips.items():
+        clips.setdefault(key, np.zeros(steps, np.int64))[t] = n
       if record:
         for name, m in o.items():
           outs.setdefault(name, []).append(m.q)
@@ -162,6 +195,7 @@ class Emulator:
       np.stack(logits, axis=1),
       {k: np.stack(v, axis=1) for k, v in outs.items()},
       {k: dict(zip(ACTIVITY, v, strict=True)) for k, v in act.items()},
+      clips,
     )
 
   def logits(self, out: dict) -> np.ndarray:
@@ -172,6 +206,7 @@ class Emulator:
       head = next(s for s in self.p.synapses if s.target == HOST)
       src = out[head.source]
       rescale = _sub(self.p.population(head.source).params, "head")
+      self._pop = HOST
       m = self._rescale(Msg(self._matmul(src, head.name), src.frac), rescale)
     return (m.q * 2.0**-m.frac).astype(np.float32)
 
@@ -183,49 +218,55 @@ class Emulator:
 
   def _norm(self, p: dict, gain, x: Msg) -> tuple[np.ndarray, int]:
     """The integer RMSNorm of x in the norm's formats: (y, its frac)."""
-    n = _sub(p, "norm")
-    x_q = requant(x.q, x.frac, n["x_frac"], n["x_bits"], self.rounding)
-    y = neurons.rmsnorm_int(x_q, gain, **n)  # n: the fields of hw.RmsFormat
+    n, at = _sub(p, "norm"), p.get("point_norm", "")
+    x_q = self.requant(x.q, x.frac, n["x_frac"], n["x_bits"], at and f"{at}.rms_in")
+    y, _, clipped = neurons.rmsnorm_int(x_q, gain, **n, clips=True)  # n: hw.RmsFormat's fields
+    if at:
+      self.count(f"{at}.rms_inv", clipped["r"])
+      self.count(f"{at}.rms_out", clipped["y"])
     return y, n["out_frac"]
 
-  def _out(self, y, f, p: dict, name: str = "out") -> Msg:
-    return Msg(
-      requant(y, f, p[f"{name}_frac"], p[f"{name}_bits"], self.rounding), p[f"{name}_frac"]
-    )
+  def _out(self, y, f, p: dict, name: str = "out", also=None) -> Msg:
+    frac, point = p[f"{name}_frac"], p.get(f"point_{name}")
+    return Msg(self.requant(y, f, frac, p[f"{name}_bits"], point, also), frac)
 
   def _rescale(self, acc: Msg, r: dict) -> Msg:
     """A BitLinear's accumulator × β × 2^e_x in its bitlinear_out format."""
-    a = fixed.saturate(acc.q, r["acc_bits"])
+    path = r.get("path")
+    a = self.clip(path and f"{path}.bitlinear_acc", acc.q, r["acc_bits"])
     e_x = -np.asarray(acc.frac)
-    y = neurons.bitlinear_rescale(a, r["m"], r["k"], e_x, r["out_frac"], r["out_bits"],
-                                  self.rounding)  # fmt: skip
-    return Msg(y, r["out_frac"])
+    y = neurons.bitlinear_rescale(a, r["m"], r["k"], e_x, r["out_frac"], 32, self.rounding)
+    return Msg(self.clip(path and f"{path}.bitlinear_out", y, r["out_bits"]), r["out_frac"])
 
-  def _act(self, m: Msg, wide_bits: int) -> np.ndarray:
-    """SiLU by the LUT (or ReLU) in Q.lut_in_frac."""
-    x = requant(m.q, m.frac, self.lut.in_frac_bits, wide_bits, self.rounding)
+  def _act(self, m: Msg, wide_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """(SiLU by the LUT (or ReLU) in Q.lut_in_frac, the mask of inputs clipped to wide_bits:
+    the caller counts them with the point its result reaches)."""
+    u = fixed.shift_right(m.q, int(m.frac) - self.lut.in_frac_bits, self.rounding)
+    x = fixed.saturate(u, wide_bits)
     if self.p.quant["nonlinearity"] == "relu":
-      return np.maximum(x, 0)
-    return neurons.silu_int(x, self.lut, self.rounding)
+      return np.maximum(x, 0), x != u
+    return neurons.silu_int(x, self.lut, self.rounding), x != u
 
   def rmsnorm(self, pop: Population, ports: dict) -> Msg:
     y, f = self._norm(pop.params, self.p.arrays[pop.arrays["gain"]], ports["x"])
     return self._out(y, f, pop.params)
 
   def bitlinear_in(self, pop: Population, ports: dict) -> Msg:
-    """The BitLinear's norm, then its int8 input: a per-token power of two, or a static one."""
+    """The BitLinear's norm, then its integer input (in_bits wide): a per-token power of two, or
+    a static one."""
     p = pop.params
     y, f = self._norm(p, self.p.arrays[pop.arrays["gain"]], ports["x"])
     if p["policy"] == "static":
-      return Msg(requant(y, f, -p["e_x"], 8, self.rounding), -p["e_x"])
+      return Msg(self.requant(y, f, -p["e_x"], p["in_bits"], p.get("point_in")), -p["e_x"])
     amax = np.abs(y).max(axis=-1, keepdims=True) * 2.0**-f
-    e = np.asarray(fixed.pow2_exponent(amax, 8), np.int64)
-    x8 = np.clip(fixed.shift_right_each(y, f + e, "half_even"), -128, 127)
-    return Msg(x8, -e)
+    e = np.asarray(fixed.pow2_exponent(amax, p["in_bits"]), np.int64)
+    x = fixed.saturate(fixed.shift_right_each(y, f + e, "half_even"), p["in_bits"])
+    return Msg(x, -e)
 
   def mlgru(self, pop: Population, ports: dict) -> Msg:
     p, F, r = pop.params, pop.params["lut_out_frac"], self.rounding
     f_pre = self._rescale(ports["f"], _sub(p, "f"))
+    # σ's input saturates beyond the table's end, where σ is constant: no value changes.
     sig = neurons.sigmoid_int(requant(f_pre.q, f_pre.frac, self.lut.in_frac_bits,
                                       p["sigma_bits"], r), self.lut, r)  # fmt: skip
     f_q = (
@@ -234,13 +275,16 @@ class Emulator:
       else sig
     )
     W = p["wide_bits"]
-    act = self._act(self._rescale(ports["i"], _sub(p, "i")), W)
+    act, act_clipped = self._act(self._rescale(ports["i"], _sub(p, "i")), W)
     c = fixed.mul_shift(act, neurons.one_minus(f_q, F), F, W, W, F + 2, r)
-    c = requant(c, self.lut.in_frac_bits, p["c_frac"], p["c_bits"], r)
-    c = requant(c, p["c_frac"], p["h_frac"], p["h_bits"], r)
-    h = neurons.mlgru_step_int(self.state[pop.name], f_q, c, F, p["h_bits"], r)
+    c = self._out(c, self.lut.in_frac_bits, p, "c", act_clipped).q
+    u = fixed.shift_right(c, p["c_frac"] - p["h_frac"], r)
+    c = fixed.saturate(u, p["h_bits"])
+    h, h_clipped = neurons.mlgru_step_int(self.state[pop.name], f_q, c, F, p["h_bits"], r, True)
+    self.count(p.get("point_h"), h_clipped | (c != u))
     self.state[pop.name] = h
-    return self._out(self._act(Msg(h, p["h_frac"]), W), self.lut.in_frac_bits, p)
+    s, s_clipped = self._act(Msg(h, p["h_frac"]), W)
+    return self._out(s, self.lut.in_frac_bits, p, also=s_clipped)
 
   def g_norm(self, pop: Population, ports: dict) -> Msg:
     g = self._rescale(ports["g"], _sub(pop.params, "g"))
@@ -250,7 +294,7 @@ class Emulator:
   def _product(self, a: Msg, a_bits, b: Msg, b_bits, p: dict) -> Msg:
     e = int(a.frac) + int(b.frac) - p["out_frac"]
     y = fixed.mul_shift(a.q, b.q, e, 32, a_bits, b_bits, self.rounding)
-    return Msg(fixed.saturate(y, p["out_bits"]), p["out_frac"])
+    return Msg(self.clip(p.get("point_out"), y, p["out_bits"]), p["out_frac"])
 
   def product(self, pop: Population, ports: dict) -> Msg:
     p = pop.params
@@ -271,7 +315,8 @@ class Emulator:
     gate = self._out(gate.q, gate.frac, p, "gate")
     up = self._rescale(ports["up"], r)
     up = self._out(up.q, up.frac, p, "up")
-    s = self._out(self._act(gate, p["wide_bits"]), self.lut.in_frac_bits, p, "silu")
+    s, clipped = self._act(gate, p["wide_bits"])
+    s = self._out(s, self.lut.in_frac_bits, p, "silu", clipped)
     return self._product(s, p["silu_bits"], up, p["up_bits"], p)
 
   def readout(self, pop: Population, ports: dict) -> Msg:

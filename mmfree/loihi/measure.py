@@ -45,12 +45,23 @@ def run_bundle(bundle: Path, tokens: list[int], new_tokens: int, backend: str = 
     bad = backends.mismatches(result, ref)
     if bad:
       raise ValueError(f"{backend} differs from the emulator at: {', '.join(bad[:10])}")
+    result.clips = ref.clips  # the same integers: the same clips
   return result, seconds
 
 
 def activity_totals(result) -> dict:
   """{population: {kind: total over the run's tokens}}."""
   return {p: {k: int(v.sum()) for k, v in a.items()} for p, a in result.activity.items()}
+
+
+def clip_report(result, steps: int) -> dict:
+  """The clips a run counted: per token, by population and by the `hw` point they implement."""
+  by_pop, by_point = {}, {}
+  for (pop, point), n in sorted(result.clips.items()):
+    by_pop[pop] = by_pop.get(pop, 0) + int(n.sum())
+    by_point[point] = by_point.get(point, 0) + int(n.sum())
+  return {"per_token": sum(by_pop.values()) / steps, "by_population": by_pop,
+          "by_point": by_point}  # fmt: skip
 
 
 def emulate_report(result, seconds: dict, tokens: list[int]) -> dict:
@@ -66,6 +77,7 @@ def emulate_report(result, seconds: dict, tokens: list[int]) -> dict:
     "tokens_per_s": steps / seconds["run"],
     "per_token": {k: sum(t[k] for t in totals.values()) / steps for k in emulate.ACTIVITY},
     "by_population": totals,
+    "clips": clip_report(result, steps),
   }
 
 
@@ -94,6 +106,7 @@ def measure(bundle: Path, tokens: list[int], new_tokens: int, constants: str | P
     "constants": {k: dataclasses.asdict(c) for k, c in hardware.constants(hw).items()},
     "workload": work.to_json(),
     "per_step": {q: {k: v.tolist() for k, v in a.items()} for q, a in result.activity.items()},
+    "clips": clip_report(result, steps),
   }
 
 

@@ -122,7 +122,7 @@ def _fits_under(y, m):
   return (q < 1 << (2 * _M)) | ((q == 1 << (2 * _M)) & ((lo & ((1 << _M) - 1)) == 0))
 
 
-def inv_sqrt_int(v, in_frac_bits=12, out_frac_bits=12, out_bits=24, iterations=3):
+def inv_sqrt_int(v, in_frac_bits=12, out_frac_bits=12, out_bits=24, iterations=3, clips=False):
   """y = 2^out_frac / sqrt(v·2^−in_frac), floored, saturated to out_bits (v = 0 gives the maximum).
 
   Defaults are Lava InvSqrt's formats (24-bit, fraction base 12); v ≥ 0 (negatives count as 0).
@@ -132,6 +132,7 @@ def inv_sqrt_int(v, in_frac_bits=12, out_frac_bits=12, out_bits=24, iterations=3
   steps y ← (y·(3·2^14 − ((m·((y·y) >> 14)) >> 14))) >> 15, and ±1 corrections (2 each way) that
   compare y²·m with 2^42 exactly. Result y_m·2^(out_frac − 14 − j), floored: monotone
   non-increasing in v. Fewer than 3 iterations leave the corrections short (inexact, not monotone).
+  With `clips`, returns (y, the mask of values the saturation changed).
   """
   if not 1 <= out_bits <= 31:
     raise ValueError(f"out_bits must be in [1, 31], got {out_bits}")
@@ -152,9 +153,13 @@ def inv_sqrt_int(v, in_frac_bits=12, out_frac_bits=12, out_bits=24, iterations=3
     y = y + _fits_under(y + 1, m).astype(y.dtype)
   r = _M + ((p - in_frac_bits - par) >> 1) - out_frac_bits  # right shift, negative: left
   _, top = int_range(out_bits)
-  left = xp.where(-r > _MAX_LSHIFT, top, y << xp.clip(-r, 0, _MAX_LSHIFT))
-  y = xp.minimum(xp.where(r >= 0, y >> xp.clip(r, 0, 30), left), top)
-  return xp.where(v == 0, top, y)
+  over = -r > _MAX_LSHIFT  # y·2^−r ≥ 2^13·2^17 = 2^30: beyond any out_bits ≤ 31 would hold
+  left = xp.where(over, top, y << xp.clip(-r, 0, _MAX_LSHIFT))
+  unsat = xp.where(r >= 0, y >> xp.clip(r, 0, 30), left)
+  y = xp.where(v == 0, top, xp.minimum(unsat, top))
+  if clips:
+    return y, (v == 0) | over | (unsat > top)
+  return y
 
 
 def rms_sum_sq_mag_bits(D, x_bits, sq_shift):
@@ -192,6 +197,7 @@ def rmsnorm_int(
   r_frac=12,
   r_bits=24,
   rounding="floor",
+  clips=False,
 ):
   """RMSNorm over the last axis: y = sat(x·r·gain) in Q.out_frac, r ≈ 1/sqrt(mean(x²) + eps).
 
@@ -204,6 +210,7 @@ def rmsnorm_int(
     y = sat((x·rg) >> (x_frac + r_frac − out_frac − d), out_bits)   d keeps x·rg int32-exact
   √D has relative error ≤ 2^−15 (none when D is a power of 4). r's precision is r_frac's: pick it so
   that 1/rms has ~16 significant bits (r ≤ 2^(r_bits − 1 − r_frac) bounds 1/rms from above).
+  With `clips`, returns (y, r, {"r": tokens whose r saturated [.., 1], "y": outputs that did}).
   """
   if not 1 <= x_bits <= 16:
     raise ValueError(f"x_bits must be in [1, 16] (x² within int32), got {x_bits}")
@@ -217,25 +224,34 @@ def rmsnorm_int(
   h, k, c = _sqrt_const(D)
   sq = shift_right(x * x, sq_shift, rounding)
   S = xp.sum(sq, axis=-1, keepdims=True, dtype=x.dtype)
-  r_hD = inv_sqrt_int(S + D * eps_q, 2 * x_frac - sq_shift, r_frac + h, r_bits + 1)
+  r_hD, r_hD_clipped = inv_sqrt_int(S + D * eps_q, 2 * x_frac - sq_shift, r_frac + h,
+                                     r_bits + 1, clips=True)  # fmt: skip
   c_bits = c.bit_length() + 1
-  r = mul_shift(xp.asarray(c, dtype=x.dtype), r_hD, k + h, r_bits, c_bits, r_bits + 1, rounding)
+  r_wide = mul_shift(xp.asarray(c, dtype=x.dtype), r_hD, k + h, 32, c_bits, r_bits + 1, rounding)
+  r = saturate(r_wide, r_bits)
   e = x_frac + r_frac - out_frac
   d = max(0, e + x_bits - 31)
   rg_bits = gain_bits + r_bits - gain_frac - d
   rg = mul_shift(g, r, gain_frac + d, rg_bits, gain_bits, r_bits, rounding)
-  return mul_shift(x, rg, e - d, out_bits, x_bits, rg_bits, rounding)
+  y_wide = mul_shift(x, rg, e - d, 32, x_bits, rg_bits, rounding)
+  y = saturate(y_wide, out_bits)
+  if clips:
+    return y, r, {"r": r_hD_clipped | (r != r_wide), "y": y != y_wide}
+  return y
 
 
-def mlgru_step_int(h_q, f_q, c_q, f_frac, state_bits, rounding="floor"):
+def mlgru_step_int(h_q, f_q, c_q, f_frac, state_bits, rounding="floor", clips=False):
   """h ← sat(((f·h) >> f_frac) + c, state_bits): the MLGRU integrator, elementwise over [B, D].
 
   f ∈ [0, 2^f_frac] (Q.f_frac), h and c within state_bits. Exact in int32 for f_frac ≤ 15 and
-  state_bits ≤ 30 (24-bit state with a Q.8 gate fits: see `mul_shift`).
+  state_bits ≤ 30 (24-bit state with a Q.8 gate fits: see `mul_shift`). With `clips`, returns
+  (h, the mask of states the saturation changed).
   """
   check_magnitude(f"MLGRU state + candidate ({state_bits} bits)", state_bits)
-  fh = mul_shift(f_q, h_q, f_frac, state_bits, f_frac + 1, state_bits, rounding)
-  return saturate(fh + as_int(c_q, namespace(fh)), state_bits)
+  fh = mul_shift(f_q, h_q, f_frac, state_bits, f_frac + 1, state_bits, rounding)  # |fh| ≤ |h|
+  v = fh + as_int(c_q, namespace(fh))
+  h = saturate(v, state_bits)
+  return (h, h != v) if clips else h
 
 
 def mlgru_scan_int(f_TxBxD, c_TxBxD, h0_BxD, f_frac, state_bits, rounding="floor"):

@@ -17,7 +17,7 @@ import numpy as np
 from mmfree.loihi import hardware
 
 FORMAT = "mmfree-loihi-program"
-VERSION = 3  # 2: the static range check (`ranges`); 3: residual `branch_*` formats
+VERSION = 4  # 2: the static range check; 3: residual `branch_*` formats; 4: input widths, points
 MANIFEST = "program.json"
 ARRAYS = "arrays"
 HOST = "host"  # an endpoint off chip: the embedding's input, sampling's output

@@ -24,33 +24,43 @@ class RMSNorm(nnx.Module):
   def __call__(self, x_BxTxD):
     x_BxTxD = point(self, "rms_in", x_BxTxD.astype(jnp.float32))
     w_D = point(self, "rms_gain", self.weight[...])
-    ms_BxTx1 = point(self, "rms_ms", jnp.mean(jnp.square(x_BxTxD), axis=-1, keepdims=True))
-    inv_BxTx1 = point(self, "rms_inv", jax.lax.rsqrt(ms_BxTx1 + self.eps))
-    y_BxTxD = x_BxTxD * inv_BxTx1 * w_D
     hw = getattr(self, "hw", None)
     fmt = None if hw is None else hw_lib.rms_format(hw, x_BxTxD.shape[-1], self.eps)
-    if fmt is not None:  # the chip's values, the float norm's gradients (QAT trains through it)
-      y_BxTxD = hw_lib.ste(hw_lib.rmsnorm(x_BxTxD, w_D, fmt), y_BxTxD)
-    return point(self, "rms_out", y_BxTxD)
+    ms_BxTx1 = jnp.mean(jnp.square(x_BxTxD), axis=-1, keepdims=True)
+    if fmt is None:
+      ms_BxTx1 = point(self, "rms_ms", ms_BxTx1)
+      return point(
+        self, "rms_out", x_BxTxD * point(self, "rms_inv", jax.lax.rsqrt(ms_BxTx1 + self.eps)) * w_D
+      )
+    # The chip's values, the float norm's gradients (QAT trains through it). The kernel has no
+    # mean-square point (its sum of squares is exact); its 1/rms is the rms_inv point.
+    y_BxTxD, r_BxTx1, r_clipped = hw_lib.rmsnorm(x_BxTxD, w_D, fmt)
+    inv_BxTx1 = hw_lib.ste(r_BxTx1, jax.lax.rsqrt(ms_BxTx1 + self.eps))
+    inv_BxTx1 = point(self, "rms_inv", inv_BxTx1, clipped=r_clipped)
+    return point(self, "rms_out", hw_lib.ste(y_BxTxD, x_BxTxD * inv_BxTx1 * w_D))
 
 
 def hw_input(layer: nnx.Module, x_BxTxI):
-  """The int8 input of a BitLinear at `hw`: a per-token power-of-two shift (no division), or
-  the static calibrated scale of its `bitlinear_in` point."""
+  """The integer input of a BitLinear at `hw` (its bitlinear_in width, int8 by default): a
+  per-token power-of-two shift (no division), or the static calibrated scale of its
+  `bitlinear_in` point, which has clipped x to the same width already (and counted it)."""
   hw = getattr(layer, "hw", None)
   if hw is None:
     raise ValueError(
       "precision 'hw' needs calibrated scales: run `mmfree quantize calibrate RUN_DIR`, then "
       "load with mmfree.load(RUN_DIR, precision='hw')"
     )
+  bits = hw.cfg.bits_of("bitlinear_in")
+  hw_lib.check_input_bits("a BitLinear", x_BxTxI.shape[-1], bits)
   s = hw.scale("bitlinear_in")
   if hw.cfg.bitlinear_input == "static" and s is not None:
+    bits = s.bits
     s_x = jnp.asarray(1.0 / s.scale, jnp.float32)  # x already lies on this grid
-  else:
+  else:  # the ceiling exponent maps the token's absmax inside the range: nothing clips
     amax_BxTx1 = jax.lax.stop_gradient(jnp.max(jnp.abs(x_BxTxI), axis=-1, keepdims=True))
-    s_x = 2.0 ** -fixed.pow2_exponent(amax_BxTx1, 8).astype(jnp.float32)
+    s_x = 2.0 ** -fixed.pow2_exponent(amax_BxTx1, bits).astype(jnp.float32)
   u = x_BxTxI * s_x
-  return hw_lib.ste(jnp.clip(jnp.round(u), -128, 127), u), s_x
+  return hw_lib.ste(fixed.clip_to(jnp.round(u), bits), u), s_x, bits
 
 
 class BitLinear(nnx.Module):
@@ -97,19 +107,17 @@ class BitLinear(nnx.Module):
         raise ValueError("a frozen BitLinear holds ternary weights: it cannot run at `float`")
       return self._matmul(x_BxTxI, self.kernel[...])
     if self.precision == "hw":
-      x_q, s_BxTx1 = hw_input(self, x_BxTxI)
+      x_q, s_BxTx1, x_bits = hw_input(self, x_BxTxI)
     else:
       x_q, s_BxTx1 = bitnet.act_quant_int8(x_BxTxI)
     w_q, beta = self.quantized_weight()
     # Integer-valued operands: the float32 accumulate is exact while |sum| < 2^24.
-    acc_BxTxO = self._matmul(x_q, w_q)
+    acc_BxTxO = point(self, "bitlinear_acc", self._matmul(x_q, w_q))  # counted before its clip
     if self.precision == "hw":
-      lo, hi = fixed.int_range(self.hw.cfg.acc_bits)
-      acc_BxTxO = hw_lib.ste(jnp.clip(acc_BxTxO, lo, hi), acc_BxTxO)
-    acc_BxTxO = point(self, "bitlinear_acc", acc_BxTxO)
+      acc_BxTxO = hw_lib.ste(fixed.clip_to(acc_BxTxO, self.hw.cfg.acc_bits), acc_BxTxO)
     y_BxTxO = acc_BxTxO * (beta / s_BxTx1)
     if self.precision == "hw":
-      y_BxTxO = hw_lib.rescale(self.hw, acc_BxTxO, beta, s_BxTx1, y_BxTxO, x_q.shape[-1])
+      y_BxTxO = hw_lib.rescale(self.hw, acc_BxTxO, beta, s_BxTx1, y_BxTxO, x_q.shape[-1], x_bits)
     return point(self, "bitlinear_out", y_BxTxO)
 
   def _matmul(self, x_BxTxI, w_IxO):

@@ -1,6 +1,5 @@
 """GLU channel mixer, pre-norm block and the full language model."""
 
-import functools
 import math
 
 import jax
@@ -30,8 +29,9 @@ class GLU(nnx.Module):
   def __call__(self, x_BxTxH):
     g_BxTxI, u_BxTxI = jnp.split(self.gate_proj(x_BxTxH), 2, axis=-1)
     hw = getattr(self, "hw", None)
-    silu = jax.nn.silu if hw is None else functools.partial(hw_lib.silu, cfg=hw.cfg)
-    s_BxTxI = point(self, "glu_silu", silu(point(self, "glu_gate", g_BxTxI)))
+    g_BxTxI = point(self, "glu_gate", g_BxTxI)
+    s_BxTxI, clipped = (jax.nn.silu(g_BxTxI), None) if hw is None else hw_lib.silu(g_BxTxI, hw.cfg)
+    s_BxTxI = point(self, "glu_silu", s_BxTxI, clipped=clipped)
     u_BxTxI = point(self, "glu_up", u_BxTxI)
     if hw is None:
       p_BxTxI = s_BxTxI * u_BxTxI

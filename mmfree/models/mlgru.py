@@ -1,6 +1,5 @@
 """MLGRU token mixer: an elementwise linear recurrence h_t = f_t ⊙ h_{t−1} + c_t."""
 
-import functools
 import math
 
 import jax
@@ -82,13 +81,13 @@ class MLGRU(nnx.Module):
       f_BxTxD = point(self, "f_lb", f_BxTxD)
       c_BxTxD = point(self, "c", c_BxTxD)
       h_BxTxD = recurrence(f_BxTxD, c_BxTxD, h0_BxD, self.scan)
-      silu = jax.nn.silu
+      h_BxTxD = point(self, "h", h_BxTxD)  # every step's state: what the neuron holds
+      s_BxTxD, s_clipped = jax.nn.silu(h_BxTxD), None
     else:
       f_BxTxD, c_BxTxD, h_BxTxD = self._hw_gates(hw, f_pre, i_pre, lb_D, f_BxTxD, c_BxTxD, h0_BxD)
-      silu = functools.partial(hw_lib.silu, cfg=hw.cfg)
-    h_BxTxD = point(self, "h", h_BxTxD)  # every step's state: what the neuron holds
+      s_BxTxD, s_clipped = hw_lib.silu(h_BxTxD, hw.cfg)
     g_BxTxD = point(self, "g_norm", self.g_norm(self.g_proj(x_BxTxH)))
-    s_BxTxD = point(self, "silu_h", silu(h_BxTxD))
+    s_BxTxD = point(self, "silu_h", s_BxTxD, clipped=s_clipped)
     if hw is None:
       o_BxTxD = g_BxTxD * s_BxTxD
     else:
@@ -106,13 +105,13 @@ class MLGRU(nnx.Module):
     if cfg.nonlinearity == "relu":  # the gradient of what runs
       c_float = jax.nn.relu(i_pre) * (1 - f_float)
     W = hw_lib.WIDE_BITS  # SiLU(i) (or ReLU(i)) times 1 − f, in Q.lut_in_frac
-    act_q = hw_lib.silu_q(i_pre, cfg)
+    act_q, act_clipped = hw_lib.silu_q(i_pre, cfg)
     c_q = fixed.mul_shift(act_q, neurons.one_minus(f_q, F), F, W, W, F + 2, cfg.rounding)
     c_BxTxD = hw_lib.ste(c_q * 2.0**-cfg.lut_in_frac, c_float)
-    c_BxTxD = point(self, "c", c_BxTxD)
+    c_BxTxD = point(self, "c", c_BxTxD, clipped=act_clipped)
     s_h = hw.scale("h")
     h_float = recurrence(f_BxTxD, c_BxTxD, h0_BxD, self.scan)
     if s_h is None:  # the state left unquantized
-      return f_BxTxD, c_BxTxD, h_float
-    h_BxTxD = hw_lib.integrate(f_q, c_BxTxD, h0_BxD, s_h, cfg)
-    return f_BxTxD, c_BxTxD, hw_lib.ste(h_BxTxD, h_float)
+      return f_BxTxD, c_BxTxD, point(self, "h", h_float)
+    h_BxTxD, h_clipped = hw_lib.integrate(f_q, c_BxTxD, h0_BxD, s_h, cfg)
+    return f_BxTxD, c_BxTxD, point(self, "h", hw_lib.ste(h_BxTxD, h_float), clipped=h_clipped)

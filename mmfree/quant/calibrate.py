@@ -25,7 +25,9 @@ from mmfree.loihi.fixed import pow2_exponent
 from mmfree.quant import hw
 from mmfree.quant.points import Probe, Scale, recorder, set_probe, set_scales
 
-FORMAT = 3  # of quant/: 2 added the integer RMSNorm points, 3 bitlinear_out (older: refused)
+FORMAT = (
+  4  # of quant/: 2 the integer RMSNorm points, 3 bitlinear_out, 4 input_bits (older: refused)
+)
 
 
 def point_name(key: str) -> str:
@@ -74,6 +76,8 @@ def calibrate(model: nnx.Module, batches: list, cfg: QuantConfig) -> tuple[dict,
     amax = observe(recs, cfg)
     if name == "bitlinear_in" and cfg.bitlinear_input == "per_token":
       continue  # quantized per token by its BitLinear, not with a frozen scale
+    if name == "rms_ms" and cfg.rmsnorm == "int":
+      continue  # the integer norm's sum of squares is exact: no format to choose
     if name in hw.FIXED_POINTS:  # the kernels' own formats: recorded, for saturation counts
       scales[key] = hw.fixed_format(name, cfg)
     else:
@@ -91,7 +95,7 @@ def calibrate(model: nnx.Module, batches: list, cfg: QuantConfig) -> tuple[dict,
   set_probe(model, Probe("measure", rounding=cfg.rounding))
   measured = _run(forward, model, batches, "measure")
   for key, recs in measured.items():
-    total = {k: sum(float(r[k]) for r in recs) for k in recs[0]}
+    total = {k: sum(float(np.sum(r[k])) for r in recs) for k in recs[0]}
     stats[key]["saturation"] = total["saturated"] / total["count"]
     stats[key]["rel_error"] = math.sqrt(total["err2"] / total["ref2"]) if total["ref2"] else 0.0
   set_probe(model, None)

@@ -7,6 +7,8 @@ arithmetic is `mmfree.loihi.neurons`, the same functions the emulator runs, appl
 arrays. Values are exact; gradients flow as if through the `bitnet` computation (`ste`).
 """
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 import math
@@ -42,8 +44,24 @@ def fixed_format(name: str, cfg: QuantConfig) -> Scale:
   return Scale(2.0**-cfg.lut_out_frac, cfg.lut_out_frac + 2)
 
 
+_INFERENCE = contextvars.ContextVar("hw_inference", default=False)
+
+
+@contextlib.contextmanager
+def inference():
+  """Trace the `hw` level for inference: no straight-through float paths (XLA drops them)."""
+  token = _INFERENCE.set(True)
+  try:
+    yield
+  finally:
+    _INFERENCE.reset(token)
+
+
 def ste(value, float_value):
-  """The value of `value`, the gradient of `float_value` (`u − sg(u)` is exactly zero)."""
+  """The value of `value`, the gradient of `float_value` (`u − sg(u)` is exactly zero); under
+  `inference`, the value alone."""
+  if _INFERENCE.get():
+    return sg(value)
   return sg(value) + (float_value - sg(float_value))
 
 
@@ -78,17 +96,22 @@ def sigmoid_q(x, cfg: QuantConfig):
 
 
 def silu(x, cfg: QuantConfig):
-  """SiLU(x) by the LUT (ReLU when the config relufies), in Q.lut_in_frac."""
+  """(SiLU(x) by the LUT (ReLU when the config relufies) in Q.lut_in_frac, the mask of inputs
+  clipped to the table's WIDE_BITS input)."""
   exact = jax.nn.relu(x) if cfg.nonlinearity == "relu" else jax.nn.silu(x)
-  return ste(silu_q(x, cfg) * 2.0**-cfg.lut_in_frac, exact)
+  q, clipped = silu_q(x, cfg)
+  return ste(q * 2.0**-cfg.lut_in_frac, exact), clipped
 
 
 def silu_q(x, cfg: QuantConfig):
-  """SiLU(x) by the LUT, or ReLU, in Q.lut_in_frac (int32) over WIDE_BITS inputs."""
-  x_q = lut_input(x, cfg, WIDE_BITS)
+  """(SiLU(x) by the LUT, or ReLU, in Q.lut_in_frac (int32) over WIDE_BITS inputs, the mask of
+  inputs that did not fit them)."""
+  u = fixed.round_scaled(sg(x), -cfg.lut_in_frac, cfg.rounding)
+  x_q = fixed.clip_to(u, WIDE_BITS)
+  clipped, x_q = x_q != u, x_q.astype(jnp.int32)
   if cfg.nonlinearity == "relu":
-    return jnp.maximum(x_q, 0)
-  return neurons.silu_int(x_q, _lut(cfg), cfg.rounding)
+    return jnp.maximum(x_q, 0), clipped
+  return neurons.silu_int(x_q, _lut(cfg), cfg.rounding), clipped
 
 
 def product(hw: Hw, a, name_a: str, b, name_b: str, name_out: str):
@@ -113,30 +136,47 @@ def forget_q(sig_q, lb_D, cfg: QuantConfig):
 
 
 def integrate(f_q, c, h0, s_h: Scale, cfg: QuantConfig):
-  """h_t = sat(((f_t·h_{t−1}) >> F) + c_t) in the state format s_h, all steps [B, T, D]."""
+  """h_t = sat(((f_t·h_{t−1}) >> F) + c_t) in the state format s_h, all steps [B, T, D], and the
+  mask of steps where c did not fit the state's format or the state saturated."""
   F = cfg.lut_out_frac
-  c_q = fixed.quantize_scale(sg(c), s_h.scale, s_h.bits, cfg.rounding, jnp.int32)
+  u = fixed.rounded(sg(c) / s_h.scale, cfg.rounding)
+  c_q = fixed.clip_to(u, s_h.bits)
+  c_clipped, c_q = c_q != u, c_q.astype(jnp.int32)
   h0_q = fixed.quantize_scale(sg(h0), s_h.scale, s_h.bits, cfg.rounding, jnp.int32)
 
   def step(h_q, fc):
-    h_q = neurons.mlgru_step_int(h_q, fc[0], fc[1], F, s_h.bits, cfg.rounding)
-    return h_q, h_q
+    h_q, clipped = neurons.mlgru_step_int(h_q, fc[0], fc[1], F, s_h.bits, cfg.rounding, True)
+    return h_q, (h_q, clipped)
 
-  _, h_TxBxD = jax.lax.scan(step, h0_q, (jnp.swapaxes(f_q, 0, 1), jnp.swapaxes(c_q, 0, 1)))
-  return jnp.swapaxes(h_TxBxD, 0, 1) * s_h.scale
+  _, (h_TxBxD, sat_TxBxD) = jax.lax.scan(step, h0_q, (jnp.swapaxes(f_q, 0, 1),
+                                                       jnp.swapaxes(c_q, 0, 1)))  # fmt: skip
+  return jnp.swapaxes(h_TxBxD, 0, 1) * s_h.scale, c_clipped | jnp.swapaxes(sat_TxBxD, 0, 1)
 
 
-def rescale(hw: Hw, acc_BxTxO, beta, s_x, y_BxTxO, n_in: int):
+def rescale(hw: Hw, acc_BxTxO, beta, s_x, y_BxTxO, n_in: int, x_bits: int):
   """A BitLinear's output in its bitlinear_out format by the integer rescale (β as a multiplier
-  and shift, the input scale s_x = 2^−e_x a shift); with free scales, the float `y_BxTxO`."""
+  and shift, the input scale s_x = 2^−e_x a shift), unsaturated (the point clips, and counts it);
+  with free scales, the float `y_BxTxO`."""
   s = hw.scale("bitlinear_out")
   if s is None or hw.cfg.scale != "pow2":
     return y_BxTxO
-  m, k = neurons.multiplier(sg(beta), neurons.rescale_m_bits(n_in))
+  m, k = neurons.multiplier(sg(beta), neurons.rescale_m_bits(n_in, x_bits))
   e_x = 1 - jnp.frexp(jnp.asarray(s_x, jnp.float32))[1]  # s_x = 2^(p − 1): exact
   acc_q = sg(acc_BxTxO).astype(jnp.int32)  # integers below 2^24: exact
-  y_q = neurons.bitlinear_rescale(acc_q, m, k, e_x, frac_of(s), s.bits, hw.cfg.rounding)
+  y_q = neurons.bitlinear_rescale(acc_q, m, k, e_x, frac_of(s), 32, hw.cfg.rounding)
   return ste(y_q * s.scale, y_BxTxO)
+
+
+def check_input_bits(path: str, n_in: int, bits: int):
+  """Refuse BitLinear input widths whose accumulate is not exact: the float32 sum of n_in ternary
+  products of `bits`-bit integers must stay within 2^24."""
+  if neurons.acc_bits_bound(n_in, bits) > 26:  # |sum| ≤ n_in·2^(bits−1) ≤ 2^24
+    fits = max((b for b in range(2, 25) if neurons.acc_bits_bound(n_in, b) <= 26), default=1)
+    raise ValueError(
+      f"{path}.bitlinear_in: {bits}-bit inputs over a fan-in of {n_in} can sum past 2^24, where "
+      f"the accumulate is no longer exact: set quant.input_bits (or 'bitlinear_in=' in "
+      f"quant.bits) to at most {fits}"
+    )
 
 
 def frac_of(s: Scale) -> int:
@@ -192,7 +232,8 @@ def rms_format(hw: Hw, D: int, eps: float) -> RmsFormat | None:
 
 
 def rmsnorm(x, gain_D, fmt: RmsFormat):
-  """y = x·r·gain by the integer kernel, unsaturated (the rms_out point saturates it), as float.
+  """(y = x·r·gain by the integer kernel, unsaturated (the rms_out point saturates it), r = 1/rms
+  as the kernel holds it, the mask of tokens whose r saturated), as floats.
 
   x and gain lie on their formats' grids already (their points), so converting them is exact.
   """
@@ -201,11 +242,12 @@ def rmsnorm(x, gain_D, fmt: RmsFormat):
   # 32 bits: no clip here, so that the rms_out point's clip (same result) counts saturation.
   kw = dataclasses.asdict(fmt) | {"out_bits": 32}
   try:
-    y_q = neurons.rmsnorm_int(x_q, g_q, **kw)
+    y_q, r_q, clipped = neurons.rmsnorm_int(x_q, g_q, **kw, clips=True)
   except (OverflowError, ValueError) as e:
     raise type(e)(
       f"integer RMSNorm (D={x.shape[-1]}) cannot run exactly in the formats {fmt} calibrated for "
       f"its rms_in, rms_gain, rms_inv and rms_out points: {e}. Change their widths "
       "(quant.bits, quant.gain_bits) or set quant.rmsnorm='float'"
     ) from e
-  return y_q.astype(jnp.float32) * 2.0**-fmt.out_frac
+  r = r_q.astype(jnp.float32) * 2.0**-fmt.r_frac
+  return y_q.astype(jnp.float32) * 2.0**-fmt.out_frac, r, clipped["r"]

@@ -27,11 +27,16 @@ class Probe:
   rounding: str = "half_even"
 
 
-def point(module: nnx.Module, name: str, x):
-  """Mark `x` as quantization point `name` of `module`: at `hw`, quantize it to its frozen scale."""
+def point(module: nnx.Module, name: str, x, clipped=None):
+  """Mark `x` as quantization point `name` of `module`: at `hw`, quantize it to its frozen scale.
+
+  `clipped` (a mask shaped like x) marks values the integer kernels already clipped on their way
+  here (a saturating state, an inverse square root, a table's input): the `measure` probe counts
+  them with the point's own clips, so that every clip is counted where it happens.
+  """
   probe: Probe | None = getattr(module, "probe", None)
   if probe is not None and probe.kind != "values":
-    _record(module, name, x, probe)
+    _record(module, name, x, probe, clipped)
   hw: hw_lib.Hw | None = getattr(module, "hw", None)
   if hw is not None and name not in hw_lib.FIXED_POINTS and (s := hw.scale(name)) is not None:
     x = hw_lib.fake_quant(x, s, hw.cfg.rounding)
@@ -40,7 +45,13 @@ def point(module: nnx.Module, name: str, x):
   return x
 
 
-def _record(module: nnx.Module, name: str, x, probe: Probe):
+def _row_sum(v):
+  """Sums per batch row for activations [B, T, ...] (so that padded rows can be left out), one
+  sum for parameters."""
+  return jnp.sum(v, axis=tuple(range(1, v.ndim))) if v.ndim >= 3 else jnp.sum(v)
+
+
+def _record(module: nnx.Module, name: str, x, probe: Probe, clipped=None):
   x32 = jax.lax.stop_gradient(x).astype(jnp.float32)
   if probe.kind == "stats":
     a = jnp.abs(x32)
@@ -58,11 +69,12 @@ def _record(module: nnx.Module, name: str, x, probe: Probe):
     s: Scale = module.qscales[name]
     u = fixed.rounded(x32 / s.scale, probe.rounding)
     q = fixed.clip_to(u, s.bits)
+    sat = u != q if clipped is None else (u != q) | jnp.broadcast_to(clipped, u.shape)
     record = {
-      "saturated": jnp.sum((u != q).astype(jnp.float32)),
-      "count": jnp.asarray(x32.size, jnp.float32),
-      "err2": jnp.sum(jnp.square(q * s.scale - x32)),
-      "ref2": jnp.sum(jnp.square(x32)),
+      "saturated": _row_sum(sat.astype(jnp.float32)),
+      "count": _row_sum(jnp.ones_like(x32)),
+      "err2": _row_sum(jnp.square(q * s.scale - x32)),
+      "ref2": _row_sum(jnp.square(x32)),
     }
   else:
     record = x32
