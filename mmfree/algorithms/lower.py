@@ -88,7 +88,8 @@ class _Builder:
     given as (module path, point)."""
     params, arrays = self.norm(path, size)
     params |= {"in": self.fmt(*fmt_in), "out": self.fmt(*fmt_out),
-               "point": {"norm": path, "in": point_key(*fmt_in), "out": point_key(*fmt_out)}}  # fmt: skip
+               "point": {"norm": path, "in": point_key(*fmt_in),
+                         "out": point_key(*fmt_out)}}  # fmt: skip
     name = self.population(path, "rmsnorm", size, layer, params, arrays, out=params["out"])
     self.identity(source, name, size)
     return name
@@ -181,7 +182,8 @@ def lower(params: dict, cfg: ModelConfig, qcfg: QuantConfig, scales: dict, *, lm
                  {**lut_params, "f": f, "i": i, "c": b.fmt(a, "c"), "h": b.fmt(a, "h"),
                   "out": b.fmt(a, "silu_h"), "wide_bits": hw.WIDE_BITS,
                   "sigma_bits": hw.sigma_bits(qcfg),
-                  "point": {"c": point_key(a, "c"), "h": point_key(a, "h"), "out": point_key(a, "silu_h")}},
+                  "point": {"c": point_key(a, "c"), "h": point_key(a, "h"),
+                            "out": point_key(a, "silu_h")}},
                  arrays, {"h": qcfg.state_bits}, b.fmt(a, "silu_h"))  # fmt: skip
     g_params, g_arrays = b.norm(g_norm, D)
     b.population(g_norm, "g_norm", D, l,
@@ -220,7 +222,8 @@ def lower(params: dict, cfg: ModelConfig, qcfg: QuantConfig, scales: dict, *, lm
     b.population(res_mlp, "residual", H, l,
                  {"a": d, "x": b.fmt(p, "residual"), "branch": b.fmt(p, "mlp_out"), "out": out,
                   "rounding": qcfg.rounding,
-                  "point": {"branch": point_key(p, "mlp_out"), "out": point_key(*nxt)}}, out=out)  # fmt: skip
+                  "point": {"branch": point_key(p, "mlp_out"), "out": point_key(*nxt)}},
+                 out=out)  # fmt: skip
     b.identity(res_attn, res_mlp, H)
     x = res_mlp
   final = b.rmsnorm("norm", H, None, x, ("norm", "rms_in"), ("", "final_norm"))
