@@ -105,7 +105,10 @@ def test_mul_shift_refuses_int32_overflow():
   with pytest.raises(OverflowError, match="int32"):
     fixed.mul_shift(np.array([1]), np.array([1]), 8, 24, 10, 31)  # result up to 2^31
   with pytest.raises(OverflowError, match="int32"):
-    fixed.mul_shift(np.array([1]), np.array([1]), 16, 24, 16, 24)  # a·b_lo up to 2^31
+    fixed.mul_shift(np.array([1]), np.array([1]), 4, 24, 16, 24)  # a·b >> 4 up to 2^34
+  # 16-bit a at a shift of 16 (once refused): b splits at 2^15, exact
+  a, b = np.array([-(2**15), 2**15 - 1, 12345]), np.array([2**23 - 1, -(2**23), -777])
+  np.testing.assert_array_equal(fixed.mul_shift(a, b, 16, 32, 16, 24), (a * b) >> 16)
 
 
 def test_bit_length():
@@ -312,8 +315,9 @@ def test_mlgru_saturates_and_scans():
     np.testing.assert_array_equal(h_T[t], h)
   with pytest.raises(OverflowError):
     neurons.mlgru_step_int(h_T[0], f_T[0], c_T[0], 8, 31)
-  with pytest.raises(OverflowError):
-    neurons.mlgru_step_int(h_T[0], f_T[0], c_T[0], 16, 24)
+  f16 = f_T[0] << 8  # a Q.16 gate: f·h splits at 2^14, exact
+  np.testing.assert_array_equal(neurons.mlgru_step_int(h_T[0], f16, c_T[0], 16, 24),
+                                np.clip(((f16 * h_T[0]) >> 16) + c_T[0], -(2**23), top))  # fmt: skip
 
 
 def test_ternary_matvec():

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -13,8 +14,10 @@ import mmfree
 from mmfree import configs
 from mmfree.algorithms import train as loop
 from mmfree.cli import main
+from mmfree.core.train import TrainConfig
 from mmfree.models import MMfreeLM, preset
 from mmfree.run import run_experiment
+from mmfree.store import checkpoint
 
 SMOKE = str(Path(__file__).parent.parent / "experiments/tiny.py:smoke")
 
@@ -23,11 +26,69 @@ def test_gradient_accumulation_matches_the_full_batch():
   graphdef, params = nnx.split(MMfreeLM(preset("tiny"), nnx.Rngs(0)), nnx.Param)
   tx = optax.sgd(1.0)  # the update is the gradient itself
   batch = jax.random.randint(jax.random.key(0), (8, 17), 0, 258)
-  outs = [loop.make_steps(graphdef, tx, k)[0](params, tx.init(params), batch) for k in (1, 2, 4)]
+  step = lambda k, p: loop.make_steps(graphdef, tx, k)[0](p, tx.init(p), batch)
+  outs = [step(k, jax.tree.map(jnp.copy, params)) for k in (1, 2, 4)]  # copies: steps donate them
   for p, _, loss, gnorm in outs[1:]:
     np.testing.assert_allclose(loss, outs[0][2], rtol=1e-5)
     np.testing.assert_allclose(gnorm, outs[0][3], rtol=1e-4)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=5e-4), p, outs[0][0])
+
+
+def _names(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", ""))) for k in path if not
+                  isinstance(k, jax.tree_util.GetAttrKey))  # fmt: skip
+
+
+def test_weight_decay_applies_to_the_bitlinear_kernels_only():
+  cfg = preset("tiny")
+  _, params = nnx.split(MMfreeLM(cfg, nnx.Rngs(0)), nnx.Param)
+  mask = {_names(p): m for p, m in jax.tree_util.tree_leaves_with_path(loop.decay_mask(params))}
+  proj = [f"attn/{x}_proj" for x in "fgio"] + ["mlp/gate_proj", "mlp/down_proj"]
+  kernels = {f"layers/{i}/{m}/kernel" for i in range(cfg.num_hidden_layers) for m in proj}
+  assert {k for k, m in mask.items() if m} == kernels | {"lm_head/kernel"}
+  off = {k for k, m in mask.items() if not m}
+  assert {"embeddings/embedding", "lower_bounds", "norm/weight"} <= off
+  assert all(k.endswith("weight") for k in off - {"embeddings/embedding", "lower_bounds"})
+
+
+def test_one_step_of_zero_gradients_decays_kernels_and_nothing_else():
+  model = MMfreeLM(preset("tiny"), nnx.Rngs(0))
+  model.lower_bounds[...] = 0.5  # zeros at init would hide a decay
+  _, params = nnx.split(model, nnx.Param)
+  cfg = TrainConfig(steps=10, lr=0.1, warmup_steps=0, weight_decay=0.1)
+  tx = loop.optimizer(cfg)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  new = optax.apply_updates(params, tx.update(zeros, tx.init(params), params)[0])
+  flat = lambda tree: {_names(p): x for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+  old, new = flat(params), flat(new)
+  for name, x in old.items():
+    if name.endswith("kernel"):
+      np.testing.assert_allclose(new[name], x * (1 - cfg.lr * cfg.weight_decay), rtol=1e-6)
+    else:  # lower_bounds, the embedding, every norm weight
+      np.testing.assert_array_equal(new[name], x)
+
+
+def test_the_first_non_finite_step_is_recorded_on_the_device():
+  graphdef, params = nnx.split(MMfreeLM(preset("tiny"), nnx.Rngs(0)), nnx.Param)
+  batch = jax.random.randint(jax.random.key(0), (2, 9), 0, 258)
+  first_bad = jnp.zeros((), jnp.int32)
+  for tx, step, expected in ((optax.sgd(0.1), 1, 0), (optax.sgd(jnp.nan), 2, 2),
+                             (optax.sgd(0.1), 3, 2)):  # fmt: skip
+    step_fn = loop.watch_finite(loop.make_steps(graphdef, tx)[0])
+    before = params
+    params, _, _, _, first_bad = step_fn(params, tx.init(params), batch, step, first_bad)
+    assert int(first_bad) == expected
+    assert all(x.is_deleted() for x in jax.tree.leaves(before))  # donated
+
+
+def test_divergence_between_log_steps_stops_before_any_checkpoint(tmp_path):
+  # lr 1e30 without warmup: step 1 is finite, step 2 is not; nothing syncs until step 4.
+  overrides = {"train.lr": 1e30, "train.warmup_steps": 0, "train.log_every": 4,
+               "train.eval_every": 4, "train.ckpt_every": 4, "stages": ("train",)}  # fmt: skip
+  with pytest.raises(FloatingPointError, match="non-finite at step 2; no checkpoint was saved"):
+    run_experiment(configs.load_experiment(SMOKE, overrides), tmp_path)
+  with checkpoint.manager(tmp_path) as mgr:
+    assert mgr.latest_step() is None
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ saturate, and its rows (saturating ones marked) go into `program.json`.
 import dataclasses
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from mmfree.core import files
@@ -27,8 +26,7 @@ from mmfree.core.quant import QuantConfig, Scale
 from mmfree.data.tokenizers import load_tokenizer
 from mmfree.loihi import bundle_io, fixed, neurons, program, ranges
 from mmfree.loihi.program import HOST, Population, Program, Synapses
-from mmfree.models.lm import lower_bounds
-from mmfree.quant import bitnet, calibrate, hw
+from mmfree.quant import calibrate, hw, integers
 from mmfree.store import checkpoint
 
 FUSIONS = ("bitlinear_in", "mlgru", "g_norm", "glu", "residual")
@@ -115,7 +113,7 @@ class _Builder:
     applies (β = m·2^−k, the output format)."""
     w = np.asarray(self.param(f"{path}.kernel"), np.float32)
     I, O = w.shape
-    w_q, beta = jax.device_get(bitnet.weight_ternary(w))  # the model's own β, bit for bit
+    w_q, beta = integers.ternary(w)  # as the frozen `hw` model derives them
     in_bits = self.qcfg.bits_of("bitlinear_in")
     m, k = neurons.multiplier(np.float32(beta), neurons.rescale_m_bits(I, in_bits))
     out = self.fmt(path, "bitlinear_out")
@@ -161,7 +159,7 @@ def lower(params: dict, cfg: ModelConfig, qcfg: QuantConfig, scales: dict, *, lm
   lut_params = {"lut": [int(v) for v in lut.values], "lut_step_bits": lut.step_bits,
                 "lut_in_frac": qcfg.lut_in_frac, "lut_out_frac": qcfg.lut_out_frac,
                 "nonlinearity": qcfg.nonlinearity, "rounding": qcfg.rounding}  # fmt: skip
-  lb_LxD = np.asarray(lower_bounds(np.asarray(params["lower_bounds"], np.float32)))
+  lb_LxD = integers.lower_bounds(params["lower_bounds"])  # as the frozen `hw` model does
   F = qcfg.lut_out_frac
   b.array(
     program.EMBEDDING, np.asarray(params["embeddings"]["embedding"], np.float32)

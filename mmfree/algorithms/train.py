@@ -6,7 +6,6 @@ parameters.
 """
 
 import functools
-import math
 import time
 from pathlib import Path
 
@@ -26,12 +25,20 @@ from mmfree.store import checkpoint
 from mmfree.store.tracking import Tracker
 
 
+def decay_mask(params):
+  """True on the BitLinear kernels (paths ending in `kernel`), False elsewhere: RMSNorm gains,
+  `lower_bounds` and the embedding. The embedding is a full-precision lookup table, not a ternary
+  kernel, and decoupled decay would shrink the rows of tokens absent from a batch at every step
+  while only their own (rare) gradients restore them; many LLM recipes leave it out too."""
+  last_name = lambda path: [k.key for k in path if isinstance(k, jax.tree_util.DictKey)][-1]
+  return jax.tree_util.tree_map_with_path(lambda path, _: last_name(path) == "kernel", params)
+
+
 def optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-  """AdamW with linear warmup and cosine decay; no decay on gains and lower bounds."""
+  """AdamW with linear warmup and cosine decay, decaying the kernels only (`decay_mask`)."""
   schedule = optax.warmup_cosine_decay_schedule(
     0.0, cfg.lr, cfg.warmup_steps, max(cfg.steps, cfg.warmup_steps + 1), cfg.lr * cfg.min_lr_ratio
   )
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim == 2, params)
   return optax.chain(
     optax.clip_by_global_norm(cfg.grad_clip),
     optax.adamw(schedule, cfg.b1, cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask),
@@ -47,7 +54,10 @@ def make_token_nll(graphdef):
 
 
 def make_steps(graphdef, tx, grad_accum: int = 1):
-  """A jitted train step and per-token loss [B, T] on plain pytrees (params, optimizer state)."""
+  """A jitted train step and per-token loss [B, T] on plain pytrees (params, optimizer state).
+
+  The train step donates its params and optimizer state: the caller keeps only the returned ones.
+  """
   token_nll = make_token_nll(graphdef)
   loss_fn = lambda params, batch_BxT1: token_nll(params, batch_BxT1).mean()
   grad_fn = jax.value_and_grad(loss_fn)
@@ -64,7 +74,7 @@ def make_steps(graphdef, tx, grad_accum: int = 1):
     total, _ = jax.lax.scan(add, zeros, micro_KxbxT1)
     return jax.tree.map(lambda x: x / grad_accum, total)
 
-  @jax.jit
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
   def train_step(params, opt_state, batch_BxT1):
     if grad_accum == 1:
       loss, grads = grad_fn(params, batch_BxT1)
@@ -74,6 +84,22 @@ def make_steps(graphdef, tx, grad_accum: int = 1):
     return optax.apply_updates(params, updates), opt_state, loss, optax.tree.norm(grads)
 
   return train_step, jax.jit(token_nll)
+
+
+def watch_finite(train_step):
+  """`train_step` that also carries `first_bad`, the first step whose loss or updated parameters
+  were non-finite (0 while none was), on the device: the loop reads it only when it logs,
+  evaluates or saves, instead of syncing with the host at every step."""
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def step_fn(params, opt_state, batch_BxT1, step, first_bad):
+    params, opt_state, loss, gnorm = train_step(params, opt_state, batch_BxT1)
+    finite = jax.tree.map(lambda x: jnp.isfinite(x).all(), params)
+    ok = jax.tree.reduce(jnp.logical_and, finite, jnp.isfinite(loss))
+    first_bad = jnp.where((first_bad == 0) & ~ok, step, first_bad)
+    return params, opt_state, loss, gnorm, first_bad
+
+  return step_fn
 
 
 def initial_params(model_cfg: ModelConfig, cfg: TrainConfig, hw=None):
@@ -96,8 +122,10 @@ def _data_sharding():
 
 
 def _diverged(what: str, mgr) -> FloatingPointError:
+  good = mgr.latest_step()
+  where = "no checkpoint was saved" if good is None else f"the last good checkpoint is step {good}"
   return FloatingPointError(
-    f"{what}; the last good checkpoint is step {mgr.latest_step()} in {mgr.directory}. "
+    f"{what}; {where} in {mgr.directory}. "
     "Rerun in a new --workdir with a lower train.lr or more train.warmup_steps."
   )
 
@@ -132,7 +160,9 @@ def train(
         checkpoint.save_train_state(mgr, 0, params, opt_state)
       return {}
     params, opt_state = jax.device_put((params, opt_state), replicated)
+    first_bad = jax.device_put(jnp.zeros((), jnp.int32), replicated)
     train_step, token_nll = make_steps(graphdef, tx, cfg.grad_accum)
+    train_step = watch_finite(train_step)
     val_NxT1 = pipeline.eval_windows(data.val_N, cfg.seq_len, cfg.eval_windows)
     batches = pipeline.batches(data.train_N, cfg.batch_size, cfg.seq_len, cfg.seed, start)
     bpt = data.info.get("val_bytes_per_token")
@@ -142,30 +172,35 @@ def train(
                total=cfg.steps, dynamic_ncols=True)  # fmt: skip
     for step in bar:
       batch = jax.device_put(jnp.asarray(next(batches)), batch_sharding)
-      new_params, new_opt_state, loss, gnorm = train_step(params, opt_state, batch)
-      loss = float(loss)
-      if not math.isfinite(loss):
-        raise _diverged(f"loss became {loss} at step {step}", mgr)
-      params, opt_state = new_params, new_opt_state
+      params, opt_state, loss, gnorm, first_bad = train_step(
+        params, opt_state, batch, step, first_bad
+      )
       steps_since += 1
+      last = step == cfg.steps
+      log = step % cfg.log_every == 0 or last
+      val = step % cfg.eval_every == 0 or last
+      save = step % cfg.ckpt_every == 0 or last
+      # The only host syncs, each waiting for the step to finish: nothing is logged or saved past
+      # a non-finite step, so the latest checkpoint is always a good one.
+      if (step == start + 1 or log or val or save) and (bad := int(first_bad)):
+        raise _diverged(f"the loss or parameters became non-finite at step {bad}", mgr)
       if step == start + 1:  # leave compilation out of tokens/s
         t_last, steps_since = time.perf_counter(), 0
-      if step % cfg.log_every == 0 or step == cfg.steps:
+      if log:
+        loss = float(loss)
         now = time.perf_counter()
         tps = steps_since * tokens_per_step / max(now - t_last, 1e-9) if steps_since else None
         t_last, steps_since = now, 0
         tracker.log(step, loss=loss, grad_norm=float(gnorm), tokens_per_s=tps)
         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps or 0:,.0f}")
         final.update(loss=loss, tokens_per_s=tps)
-      if step % cfg.eval_every == 0 or step == cfg.steps:
+      if val:
         scores = evaluate.score(functools.partial(token_nll, params), val_NxT1, bpt, 16)
         ev = {f"val_{k}": scores[k] for k in ("loss", "ppl", "bpb") if scores[k] is not None}
         tracker.log(step, **ev)
         bar.write(f"step {step}: val_loss {ev['val_loss']:.3f} (ppl {ev['val_ppl']:.1f})")
         final.update(ev)
-      if step % cfg.ckpt_every == 0 or step == cfg.steps:
-        if not all(jnp.isfinite(x).all() for x in jax.tree.leaves(params)):
-          raise _diverged(f"parameters became non-finite by step {step}", mgr)
+      if save:
         checkpoint.save_train_state(mgr, step, params, opt_state)
     bar.close()
   return final

@@ -25,6 +25,8 @@ NONLINEARITIES = ("silu", "relu")
 RMSNORMS = ("int", "float")
 MAX_BITS = 24  # graded spikes carry up to 24 bits (spec: loihi2.md)
 RMS_IN_MAX_BITS = 16  # the integer RMSNorm squares its input in int32
+WIDE_BITS = 22  # SiLU inputs (±2^15 at Q.6): its output grows with its input; int32-safe products
+MAX_GATE_FRAC = 31 - WIDE_BITS  # SiLU(i)·(1 − f) >> F within 2^30: WIDE_BITS − 1 + F ≤ 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +98,11 @@ class QuantConfig:
       raise ValueError(f"quant.ema_decay={self.ema_decay}: must lie in (0, 1)")
     if not 50 < self.percentile <= 100:
       raise ValueError(f"quant.percentile={self.percentile}: must lie in (50, 100]")
+    if not 1 <= self.lut_out_frac <= MAX_GATE_FRAC:
+      raise ValueError(
+        f"quant.lut_out_frac={self.lut_out_frac}: must lie in [1, {MAX_GATE_FRAC}] (the MLGRU "
+        f"multiplies {WIDE_BITS}-bit SiLU values by gates in Q.lut_out_frac within int32)"
+      )
     if self.lut_size < 2 or self.lut_x_max <= 0:
       raise ValueError(f"quant.lut_size={self.lut_size}, lut_x_max={self.lut_x_max}: too small")
 

@@ -179,6 +179,7 @@ class Emulator:
     logits, new = [], []
     for t in range(steps):
       o, a = self.step(tokens_BxT[:, t] if t < T else new[-1])
+      logits.append(self.logits(o))  # a host lm_head's clips belong to this step
       for name, counts in a.items():
         act[name][:, t] = counts
       for key, n in self.clips.items():
@@ -186,7 +187,6 @@ class Emulator:
       if record:
         for name, m in o.items():
           outs.setdefault(name, []).append(m.q)
-      logits.append(self.logits(o))
       if t + 1 >= T and len(new) < max_new_tokens:
         new.append(logits[-1].argmax(-1))
     return Result(

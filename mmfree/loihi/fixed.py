@@ -138,21 +138,28 @@ def mul_shift(a, b, e, bits, a_bits, b_bits, rounding="floor"):
   """sat((a·b)·2^−e, bits), rounded as `shift_right`, exact in int32.
 
   |a| ≤ 2^(a_bits−1), |b| ≤ 2^(b_bits−1) (the caller's widths, e.g. from `saturate`). For e > 0,
-  b is split as b = b_hi·2^e + b_lo so that a·b·2^−e = a·b_hi + (a·b_lo)·2^−e: the full product
-  a·b is never formed. Limits: a_bits + e ≤ 31 (for a·b_lo), a_bits + b_bits − e ≤ 32 (the
-  result). The value is exactly that of a 64-bit `(a*b) >> e`: wider models match bit for bit.
+  b is split as b = b_hi·2^h + b_lo, h = min(e, 31 − a_bits), so that a·b_lo stays within 2^30:
+  a·b·2^−e = (a·b_hi + (a·b_lo)·2^−h)·2^−(e−h), floored in two steps, with the remainder put back
+  together for rounding. The full product a·b is never formed. Limits: a_bits + b_bits − h ≤ 32
+  (for a·b_hi) and a_bits + b_bits − e ≤ 32 (the result). The value is exactly that of a 64-bit
+  `(a*b) >> e`: wider models match bit for bit.
   """
   check_rounding(rounding)
   e = _check_shift(e)
-  check_magnitude(f"a·b_lo ({a_bits}-bit a, shift {e})", a_bits - 1 + max(e, 0))
+  h = max(0, min(e, 31 - a_bits))
+  check_magnitude(f"a·b_hi ({a_bits}×{b_bits} bits, split at {h})", a_bits + b_bits - 2 - h)
   check_magnitude(f"(a·b) >> {e} ({a_bits}×{b_bits} bits)", a_bits + b_bits - 2 - e)
   xp = namespace(a, b)
   a, b = as_int(a, xp), as_int(b, xp)
   if e <= 0:
     return saturate((a * b) << -e, bits)
-  p_lo = a * (b & ((1 << e) - 1))
-  q = a * (b >> e) + (p_lo >> e)
-  return saturate(_round(q, p_lo & ((1 << e) - 1), e, rounding), bits)
+  p_lo = a * (b & ((1 << h) - 1))  # |a·b_lo| < 2^30
+  n = a * (b >> h) + (p_lo >> h)  # floor(a·b / 2^h)
+  q = n >> (e - h)
+  if rounding == "floor":
+    return saturate(q, bits)
+  r = ((n & ((1 << (e - h)) - 1)) << h) + (p_lo & ((1 << h) - 1))  # a·b mod 2^e, below 2^30
+  return saturate(_round(q, r, e, rounding), bits)
 
 
 def signed_bits(lo: int, hi: int) -> int:

@@ -303,7 +303,8 @@ def bitlinear_rescale(acc, m, k, e_x, out_frac, out_bits, rounding="floor"):
 
   k and e_x may be arrays (traced under jit): the shift s = k − e_x − out_frac is per element.
   acc·m must fit int32 (choose m's width with `rescale_m_bits`). Left shifts (s < 0) saturate
-  without overflowing; right shifts beyond 30 give what the exact quotient rounds to.
+  without overflowing, at any distance; right shifts beyond 30 give what the exact quotient
+  rounds to.
   """
   xp = namespace(acc, m, k, e_x)
   acc = as_int(acc, xp)
@@ -312,9 +313,16 @@ def bitlinear_rescale(acc, m, k, e_x, out_frac, out_bits, rounding="floor"):
   s = k - e_x - out_frac
   lo, hi = int_range(out_bits)
   n = xp.clip(-s, 0, 30)
-  top, bottom = xp.asarray(hi, dtype=v.dtype) >> n, xp.asarray(lo, dtype=v.dtype) >> n
+  # v·2^n within [lo, hi] ⇔ ceil(lo/2^n) ≤ v ≤ floor(hi/2^n); beyond 30, any v ≠ 0 saturates.
+  top, bottom = xp.asarray(hi, v.dtype) >> n, (xp.asarray(lo, v.dtype) + (1 << n) - 1) >> n
   left = xp.where(v > top, hi, xp.where(v < bottom, lo, v << n))
-  right = saturate(shift_right_each(v, xp.clip(s, 0, 30), rounding), out_bits)
-  if rounding == "half_even":  # |v| < 2^30: beyond a shift of 30 the quotient rounds to 0
-    right = xp.where(s > 30, 0, right)
-  return xp.where(s < 0, left, right)
+  left = xp.where(-s > 30, xp.where(v > 0, hi, xp.where(v < 0, lo, xp.zeros_like(v))), left)
+  # Right shifts past 30 in two steps of at most 30: floor(floor(v/2^30)/2^(s−30)) = floor(v/2^s).
+  far = xp.clip(s - 30, 0, 30)
+  right = shift_right_each(v, xp.clip(s, 0, 30), rounding)
+  right = xp.where(s > 30, (v >> 30) >> far, right)
+  if rounding == "half_even":  # |v| ≤ 2^31: beyond 31 the quotient rounds to 0; at 31 to ±1
+    half = xp.asarray(1 << 30, v.dtype)
+    right = xp.where(s > 31, 0, xp.where(s == 31, (v > half).astype(v.dtype)
+                                         - (v < -half).astype(v.dtype), right))  # fmt: skip
+  return xp.where(s < 0, left, saturate(right, out_bits))

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mmfree.loihi import fixed
-from mmfree.quant import bitnet
+from mmfree.quant import bitnet, integers
 from mmfree.quant import hw as hw_lib
 from mmfree.quant.points import point
 
@@ -94,11 +94,12 @@ class BitLinear(nnx.Module):
     return bitnet.weight_ternary(self.kernel[...])
 
   def freeze(self):
-    """Replace the latent kernel with W_q and store β: for inference only."""
+    """Replace the latent kernel with W_q and store β, derived in numpy as the lowering derives
+    them (`integers.ternary`): for inference only."""
     if self.beta is None:
-      w_q, beta = self.quantized_weight()
-      self.kernel = nnx.Param(w_q)
-      self.beta = nnx.data(Frozen(beta))
+      w_q, beta = integers.ternary(self.kernel[...])
+      self.kernel = nnx.Param(jnp.asarray(w_q, jnp.float32))
+      self.beta = nnx.data(Frozen(jnp.asarray(beta)))
 
   def __call__(self, x_BxTxI):
     x_BxTxI = point(self, "bitlinear_in", self.norm(x_BxTxI))

@@ -7,9 +7,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mmfree.core.model import ModelConfig
-from mmfree.models.layers import BitLinear, RMSNorm
+from mmfree.models.layers import BitLinear, Frozen, RMSNorm
 from mmfree.models.mlgru import MLGRU
 from mmfree.quant import hw as hw_lib
+from mmfree.quant import integers
 from mmfree.quant.points import point
 
 
@@ -75,6 +76,7 @@ class MMfreeLM(nnx.Module):
       cfg.vocab_size, H, embedding_init=jax.nn.initializers.normal(cfg.initializer_range), rngs=rngs
     )
     self.lower_bounds = nnx.Param(jnp.zeros((L, cfg.inner_size), jnp.float32))
+    self.frozen_lb: Frozen | None = None  # `freeze`: the lower bounds, derived once
     self.layers = nnx.List([Block(cfg, l, rngs) for l in range(L)])
     self.norm = RMSNorm(H, cfg.rms_norm_eps)
     self.lm_head = BitLinear(
@@ -96,7 +98,10 @@ class MMfreeLM(nnx.Module):
     if h_LxBxD is None:
       h_LxBxD = self.init_state(tokens_BxT.shape[0])
     x_BxTxH = self.embeddings(tokens_BxT).astype(jnp.float32)
-    lb_LxD = lower_bounds(self.lower_bounds[...]) if self.config.use_lower_bound else None
+    lb_LxD = None
+    if self.config.use_lower_bound:
+      lb = self.frozen_lb
+      lb_LxD = lower_bounds(self.lower_bounds[...]) if lb is None else lb[...]
     hs = []
     for l, block in enumerate(self.layers):
       x_BxTxH, h_BxD = block(x_BxTxH, None if lb_LxD is None else lb_LxD[l], h_LxBxD[l])
@@ -104,7 +109,10 @@ class MMfreeLM(nnx.Module):
     return self.lm_head(point(self, "final_norm", self.norm(x_BxTxH))), jnp.stack(hs)
 
   def freeze(self):
-    """Quantize every BitLinear's weights once (inference)."""
+    """Quantize every BitLinear's weights and compute the lower bounds once, in numpy, as the
+    lowering does (`integers`): inference only."""
+    if self.frozen_lb is None:
+      self.frozen_lb = nnx.data(Frozen(jnp.asarray(integers.lower_bounds(self.lower_bounds[...]))))
     for _, m in nnx.iter_modules(self):
       if isinstance(m, BitLinear):
         m.freeze()

@@ -16,13 +16,12 @@ import math
 import jax
 import jax.numpy as jnp
 
-from mmfree.core.quant import QuantConfig, Scale
+from mmfree.core.quant import WIDE_BITS, QuantConfig, Scale
 from mmfree.loihi import fixed, neurons
 
 sg = jax.lax.stop_gradient
 # Points whose format the kernels fix (Q.lut_out_frac gates, integer accumulators): no calibration.
 FIXED_POINTS = ("f_sigma", "f_lb", "bitlinear_acc")
-WIDE_BITS = 22  # SiLU inputs (±2^15 at Q.6): its output grows with its input; int32-safe products
 
 
 @dataclasses.dataclass(frozen=True)
