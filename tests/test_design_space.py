@@ -25,7 +25,7 @@ VENV = Path(os.environ.get("MMFREE_LAVA_VENV", Path(__file__).parent.parent / ".
 
 def test_every_axis_value_is_drawn():
   for axes, part in ((ds.AXES, "q"), (ds.MODEL_AXES, "m")):
-    for j, (name, values) in enumerate(axes.items()):
+    for name, values in axes.items():
       drawn = {ds.pick(axes, i)[name] for i in range(DRAWS)}
       assert drawn == set(values), (part, name)
 
