@@ -175,7 +175,8 @@ def cmd_lower(args, extra):
   r = ranges.summary(prog.ranges)
   n_sat = len(r["saturating"])
   print(f"static range check: {r['checked']} intermediates bounded, none can overflow; "
-        f"{n_sat} may saturate where the design clips (listed in program.json)")  # fmt: skip
+        f"{n_sat} may saturate where the design clips:")  # fmt: skip
+  print("\n".join(ranges.saturating_lines(prog.ranges)))
   print(mapping.report(mapping.place(prog)))
 
 

@@ -3,7 +3,9 @@
   uv run python scripts/bench_model.py [--preset small --batch 16 --seq 128 --gen-preset 370m]
 
 Prints training tokens/s (forward, backward, AdamW) with the associative scan and with
-`jax.lax.scan` (ratio between them), and batch-1 greedy generation tokens/s at the 370m preset
+`jax.lax.scan` (ratio between them); evaluation tokens/s (`mmfree eval`'s scoring: loss, and at
+`hw` the saturation of every point from the same pass) at `bitnet` and `hw` on the same config,
+as ratios to the training step; and batch-1 greedy generation tokens/s at the 370m preset
 with weights quantized once against re-quantizing them every step as the reference
 implementation does (ratio between them, and against the reference's published-in-issue
 0.52 tokens/s on this CPU).
@@ -17,9 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mmfree.algorithms import evaluate
 from mmfree.algorithms import train as loop
 from mmfree.algorithms.load import LanguageModel
+from mmfree.core.quant import QuantConfig
 from mmfree.models import MMfreeLM, preset
+from mmfree.quant import calibrate
+from mmfree.quant.points import set_hw
+from mmfree.store.checkpoint import build_model
 
 REFERENCE_TOKENS_PER_S = 0.52  # reference PyTorch implementation, 370M, this CPU (issue 2)
 
@@ -38,6 +45,31 @@ def bench_train(name: str, scan: str, batch: int, seq: int, steps: int) -> float
     params, opt_state, loss, _ = train_step(params, opt_state, data[i])
   jax.block_until_ready(loss)
   return steps * batch * seq / (time.perf_counter() - t0)
+
+
+def bench_eval(name: str, batch: int, seq: int, batches: int) -> dict:
+  """Evaluation tokens/s at `bitnet` and `hw` (calibrated on random tokens), compilation and
+  the padded last batch included in the warm-up, not the timing."""
+  cfg = preset(name)
+  model = MMfreeLM(cfg.replace(precision="bitnet"), nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  windows = rng.integers(0, cfg.vocab_size, (batches * batch - batch // 2, seq + 1))
+  scales, _ = calibrate.calibrate(model, [windows[:batch, :-1]], QuantConfig())
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  out = {}
+  for precision in ("bitnet", "hw"):
+    m = build_model(cfg.replace(precision=precision), params)
+    if precision == "hw":
+      set_hw(m, QuantConfig(), scales)
+      run = lambda lm, w: evaluate.score_saturation(lm, w, None, batch)  # noqa: E731
+    else:
+      run = lambda lm, w: evaluate.score(lm.token_nll, w, None, batch)  # noqa: E731
+    lm = LanguageModel(m)
+    run(lm, windows[: batch + 1])  # compile, and the padded shape: the same one
+    t0 = time.perf_counter()
+    scored = run(lm, windows)
+    out[precision] = scored["tokens"] / (time.perf_counter() - t0)
+  return out
 
 
 def bench_generate(lm: LanguageModel, tokens: int) -> float:
@@ -68,6 +100,7 @@ def main():
   p.add_argument("--batch", type=int, default=16)
   p.add_argument("--seq", type=int, default=128)
   p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--eval-batches", type=int, default=8)
   p.add_argument("--gen-preset", default="370m")
   p.add_argument("--gen-tokens", type=int, default=32)
   p.add_argument("--baseline-tokens", type=int, default=4)
@@ -82,6 +115,13 @@ def main():
   for scan, v in tps.items():
     print(f"  {scan:12s} {v:10,.0f} tokens/s")
   print(f"  associative / sequential: {tps['associative'] / tps['sequential']:.2f}x")
+
+  print(f"\nevaluation, preset {args.preset}, batch {args.batch} x seq {args.seq}, "
+        f"{args.eval_batches} batches (the last one partial):")  # fmt: skip
+  for precision, v in bench_eval(args.preset, args.batch, args.seq, args.eval_batches).items():
+    print(
+      f"  {precision:6s} {v:10,.0f} tokens/s  ({v / tps['associative']:.2f}x the training step)"
+    )
 
   cfg = preset(args.gen_preset)
   print(f"\nrecurrent generation, preset {args.gen_preset} (random weights), batch 1, greedy:")

@@ -25,8 +25,9 @@ def model_and_batches():
 
 def test_pow2_ceil_scales_never_clip_what_they_were_calibrated_on(model_and_batches):
   scales, stats = calibrate.calibrate(*model_and_batches, QuantConfig())
-  # per-token BitLinear inputs are quantized by the layer, not with a frozen scale
-  assert {calibrate.point_name(k) for k in scales} == set(ALL_POINTS) - {"bitlinear_in"}
+  # per-token BitLinear inputs are quantized by the layer, not with a frozen scale; the integer
+  # norm's sum of squares is exact (no mean-square format)
+  assert {calibrate.point_name(k) for k in scales} == set(ALL_POINTS) - {"bitlinear_in", "rms_ms"}
   for key, s in scales.items():
     assert math.log2(s.scale) == round(math.log2(s.scale)), key  # a shift
     assert stats[key]["saturation"] == 0, key
@@ -50,7 +51,7 @@ def test_more_bits_means_less_error_and_percentile_clips(model_and_batches):
     QuantConfig(observer="percentile", percentile=90.0, scale="free", rmsnorm="float"),
   )
   assert any(s["saturation"] > 0 for s in pct.values())
-  assert all(s["observed"] <= s8[k]["observed"] + 1e-6 for k, s in pct.items())
+  assert all(s["observed"] <= s8[k]["observed"] + 1e-6 for k, s in pct.items() if k in s8)
 
 
 def test_disabled_points_get_no_scale_and_files_round_trip(model_and_batches, tmp_path):

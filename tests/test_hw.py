@@ -2,7 +2,9 @@
 applied to the recorded inputs, close to `bitnet` after calibration, and trainable (STE)."""
 
 import dataclasses
+import json
 import math
+import shutil
 from pathlib import Path
 
 import jax
@@ -203,8 +205,8 @@ def test_rms_format_from_scales_and_its_fallbacks():
   with pytest.raises(ValueError, match="not a power of two"):
     hw.frac_of(Scale(0.3, 8))
   # formats the kernel cannot hold exactly: an error that names them and the way out
-  tiny_gain = dataclasses.replace(fmt, gain_frac=25)
-  with pytest.raises(OverflowError, match=r"gain_frac=25.*quant.rmsnorm='float'"):
+  tiny_gain = dataclasses.replace(fmt, gain_frac=0)  # r·gain up to 2^34
+  with pytest.raises(OverflowError, match=r"gain_frac=0.*quant.rmsnorm='float'"):
     hw.rmsnorm(jnp.ones((2, 256)), jnp.ones((256,)), tiny_gain)
 
 
@@ -245,3 +247,75 @@ def test_eval_reports_saturation_at_hw(run):
   assert {"h", "c", "gated", "glu_prod"} <= set(r["saturation_pct_by_point"])
   sat = mmfree.load(run, precision="hw").saturation(np.arange(1, 40)[None])
   assert all(0 <= a <= n for a, n in sat.values()) and any(n > 0 for _, n in sat.values())
+
+
+def test_a_point_counts_exactly_the_values_it_clips():
+  """Inputs with a known clipped share, read back by the `measure` probe: the point's own clips
+  and those a kernel reports (`clipped`), each value once."""
+  from mmfree.quant.points import point, set_scales
+
+  class Holder(nnx.Module):
+    def __call__(self, x, clipped=None):
+      return point(self, "p", x, clipped)
+
+  m = Holder()
+  set_scales(m, {"p": Scale(0.5, 4)})  # q ∈ [−8, 7]: |x| up to 3.5 (and −4) fits
+  set_probe(m, Probe("measure", rounding="half_even"))
+  x = jnp.asarray(np.linspace(-6, 6, 2 * 5 * 12).reshape(2, 5, 12), jnp.float32)
+  u = np.round(np.asarray(x) / 0.5)
+  outside = (u < -8) | (u > 7)
+  kernel = np.zeros(x.shape, bool)
+  kernel[0, 0, :3] = True  # three more a kernel clipped, inside the point's range here
+  kernel[0, 0, 0] = outside[0, 0, 0]  # and one it clipped that the point clips too: once
+  for mask, want in ((None, outside), (jnp.asarray(kernel), outside | kernel)):
+    _, rec = recorder(lambda mod, v, c=mask: mod(v, c))(m, x)
+    (r,) = rec["p"]
+    assert np.sum(r["saturated"]) == want.sum() and np.sum(r["count"]) == x.size
+    np.testing.assert_array_equal(r["saturated"], want.sum(axis=(1, 2)))  # per batch row
+
+
+def test_static_inputs_clip_to_their_own_width(run, tmp_path, text_tokens):
+  """The silent clip of static 12-bit activations into int8 BitLinear inputs cannot recur: the
+  bitlinear_in scale is chosen for the width its integers are clipped to (8 by default, 12 when
+  asked, where the accumulate stays exact), and its reported saturation is what was clipped."""
+  static = Path(shutil.copytree(run, tmp_path / "static"))
+  args = ["quantize", "calibrate", str(static), "--batches", "2", "--seq-len", "32",
+          "--quant.bitlinear_input=static", "--quant.act_bits=12"]  # fmt: skip
+  main(args)
+  _, scales = calibrate.load(static)
+  inputs = {k: s for k, s in scales.items() if k.endswith("bitlinear_in")}
+  assert inputs and all(s.bits == 8 for s in inputs.values())
+  loss8 = _nll(_model(static), text_tokens)
+  main([*args, "--quant.input_bits=12"])
+  _, scales = calibrate.load(static)
+  assert all(scales[k].bits == 12 for k in inputs)
+  model = _model(static)
+  rec = _values(model, text_tokens)
+  widest = max(np.abs(rec[k] / scales[k].scale).max() for k in inputs)
+  assert widest > 127  # the integers use the wider range: nothing clips them to int8
+  assert float(_nll(model, text_tokens)) <= float(loss8) + 1e-3
+  # A known clipped share: one BitLinear's input scale made 8× finer; its inputs (the values of
+  # its norm's output, upstream of the change) predict exactly what clips.
+  key = "layers.0.attn.f_proj.bitlinear_in"
+  x = rec["layers.0.attn.f_proj.norm.rms_out"]
+  finer = Scale(scales[key].scale / 8, 12)
+  u = np.round(x / finer.scale)
+  want = int(np.sum((u < -2048) | (u > 2047)))
+  assert 0 < want < x.size
+  path = static / "quant" / "scales.json"
+  saved = json.loads(path.read_text())
+  saved[key] = dataclasses.asdict(finer)
+  path.write_text(json.dumps(saved))
+  tokens = np.concatenate([text_tokens, text_tokens[:, -1:]], axis=1)
+  _, sat = mmfree.load(static, precision="hw").token_nll_saturation(tokens)
+  assert float(np.sum(sat[key][0])) == want
+
+
+def test_input_widths_that_cannot_accumulate_exactly_are_refused(run, tmp_path):
+  with pytest.raises(ValueError, match=r"f_proj\.bitlinear_in: 24-bit inputs .* at most"):
+    hw.check_input_bits("layers.0.attn.f_proj", 64, 24)
+  hw.check_input_bits("lm_head", 2048, 13)  # 2048·2^12 = 2^23: exact
+  copy = Path(shutil.copytree(run, tmp_path / "wide"))
+  with pytest.raises(SystemExit, match="bitlinear_in"):
+    main(["quantize", "calibrate", str(copy), "--batches", "1", "--seq-len", "16",
+          "--quant.input_bits=24"])  # fmt: skip

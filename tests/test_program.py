@@ -216,7 +216,10 @@ def test_provenance_records_inputs_and_the_identity_is_the_content(tmp_path):
       r"Population names must be unique, repeated: \['norm'\]",
     ),
     (lambda p: dataclasses.replace(p, io=p.io | {"lm_head": "gpu"}), r"program: io must map"),
-    (lambda p: dataclasses.replace(p, version=pg.VERSION + 1), r"program: version 4"),
+    (
+      lambda p: dataclasses.replace(p, version=pg.VERSION + 1),
+      rf"program: version {pg.VERSION + 1}",
+    ),
     (lambda p: dataclasses.replace(p, ranges=[1]), r"program: ranges must be a list of objects"),
     (lambda p: dataclasses.replace(p, model={"x": object()}), r"program model is not plain JSON"),
   ],
@@ -239,13 +242,15 @@ def test_entry_validation():
   "edit, match",
   [
     (
-      lambda m: m.update(version=4),
-      r"written by a newer mmfree \(format version 4; this one reads 3\): upgrade mmfree, or "
+      lambda m: m.update(version=pg.VERSION + 1),
+      rf"written by a newer mmfree \(format version {pg.VERSION + 1}; this one reads {pg.VERSION}\): "
+      r"upgrade mmfree, or "
       r"re-run `mmfree lower`",
     ),
     (
       lambda m: m.update(version=1),
-      r"written by an older mmfree \(format version 1; this one reads 3\): re-run `mmfree lower`",
+      rf"written by an older mmfree \(format version 1; this one reads {pg.VERSION}\): re-run "
+      r"`mmfree lower`",
     ),
     (lambda m: m.update(format="other"), r"format is not 'mmfree-loihi-program'"),
     (lambda m: m.pop("io"), r"keys must be"),

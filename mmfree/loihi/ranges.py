@@ -1,10 +1,12 @@
 """The static range check: the worst-case width of every wide intermediate of a program.
 
 Each row bounds one intermediate of one population from the declared widths of what feeds it (the
-source's graded-spike bits, the largest fan-in count of non-zero weights, the multipliers), and
-compares it with the width that holds it. Either it fits, or the design saturates there (the
-accumulator clipped to `acc_bits`, a rescale or residual clipped to its point, the MLGRU state):
-such rows are counted as saturating. Anything else is an error of the lowering. numpy only.
+source's graded-spike bits, the largest fan-in count of non-zero weights, the multipliers, the
+largest input exponent), and compares it with the width that holds it. Either it fits, or the
+design clips there (the accumulator clipped to `acc_bits`, a rescale or residual clipped to its
+point, the MLGRU state): such rows are marked "may saturate" only when the value that reaches the
+clip can exceed it. Anything else is an error of the lowering. The emulator counts the clips that
+actually happen. numpy only.
 """
 
 import math
@@ -57,14 +59,33 @@ def fan_in_interval(program: Program, groups) -> tuple[int, int]:
   return lo, hi
 
 
-def _rescale(pop: str, port: str, acc: tuple, p: dict, prefix: str) -> list[dict]:
+def input_exponent(program: Program, sources) -> int:
+  """The largest input exponent e_x (x = x_q·2^e_x) of BitLinear input populations: the static
+  one, or the per-token one of the largest value their norm can output."""
+  e = []
+  for name in sources:
+    p = program.population(name).params if name != HOST else {}
+    if p.get("policy") == "static":
+      e.append(p["e_x"])
+    elif p.get("policy") == "per_token":
+      amax = float(2 ** (p["norm_out_bits"] - 1)) * 2.0 ** -p["norm_out_frac"]
+      e.append(int(fixed.pow2_exponent(amax, p["in_bits"])))
+  return max(e, default=0)
+
+
+def _rescale(pop: str, port: str, acc: tuple, p: dict, prefix: str, e_x: int) -> list[dict]:
+  """Rows of a rescale: the accumulator, acc·m, and the value that reaches the output's clip,
+  bounded by the largest acc·m at the largest input exponent."""
   acc_bits = p[f"{prefix}_acc_bits"]
   lo, hi = _signed(acc_bits)
   sat = (max(acc[0], lo), min(acc[1], hi))  # the accumulator is clipped to acc_bits first
+  v = _times(sat, (p[f"{prefix}_m"],))
+  s = p[f"{prefix}_k"] - e_x - p[f"{prefix}_out_frac"]  # y = v·2^−s
+  y = (v[0] >> s, -(-v[1] >> s)) if s >= 0 else (v[0] << -s, v[1] << -s)  # rounding outward
   return [
     _row(pop, f"{port}.acc", fixed.signed_bits(*acc), acc_bits, saturates=True),
-    _row(pop, f"{port}.acc*m", fixed.signed_bits(*_times(sat, (p[f"{prefix}_m"],))), INT32),
-    _row(pop, f"{port}.rescaled", INT32, p[f"{prefix}_out_bits"], saturates=True),
+    _row(pop, f"{port}.acc*m", fixed.signed_bits(*v), INT32),
+    _row(pop, f"{port}.rescaled", fixed.signed_bits(*y), p[f"{prefix}_out_bits"], True),
   ]
 
 
@@ -73,15 +94,19 @@ def _kind_rows(program: Program, q) -> list[dict]:
   if q.kind in ("rmsnorm", "bitlinear_in", "g_norm"):
     sq = neurons.rms_sum_sq_mag_bits(q.size, p["norm_x_bits"], p["norm_sq_shift"])
     rows.append(_row(q.name, "sum of squares", math.ceil(sq) + 1, INT32 - 1))
-  if q.kind == "mlgru":
-    rows.append(_row(q.name, "state h", INT32, q.state_bits["h"], saturates=True))
+  if q.kind == "mlgru":  # f·h >> F within the state (f ≤ 1), plus c in the state's format
+    c = (1 << (p["c_bits"] - 1)) << max(0, p["h_frac"] - p["c_frac"])
+    h_lo, h_hi = _signed(q.state_bits["h"])
+    rows.append(_row(q.name, "state h", fixed.signed_bits(h_lo - c, h_hi + c),
+                     q.state_bits["h"], saturates=True))  # fmt: skip
   if q.kind == "residual":
     f = max(p["x_frac"], p["branch_frac"])
     s = max(p["x_bits"] + f - p["x_frac"], p["branch_bits"] + f - p["branch_frac"]) + 1
     rows += [_row(q.name, "x + a", s, INT32), _row(q.name, "sum", s, p["out_bits"], True)]
   head = [s for s in program.synapses if s.source == q.name and s.target == HOST]
   if head:  # the lm_head the host runs: the same rescale, off chip
-    rows += _rescale(q.name, "head", fan_in_interval(program, head), p, "head")
+    e_x = input_exponent(program, [q.name])
+    rows += _rescale(q.name, "head", fan_in_interval(program, head), p, "head", e_x)
   return rows
 
 
@@ -97,7 +122,8 @@ def check(program: Program, hw: hardware.Hardware = hardware.DEFAULT) -> list[di
       # Dendritic sums arrive as graded messages: they must fit one, saturating or not.
       rows.append(_row(q.name, f"{port} (fan-in sum)", fixed.signed_bits(*acc), spike_bits))
       if port in rescaled:
-        rows += _rescale(q.name, port, acc, q.params, rescaled[port])
+        e_x = input_exponent(program, {s.source for s in fan_in if s.port == port})
+        rows += _rescale(q.name, port, acc, q.params, rescaled[port], e_x)
     rows += _kind_rows(program, q)
   return rows
 
@@ -105,6 +131,18 @@ def check(program: Program, hw: hardware.Hardware = hardware.DEFAULT) -> list[di
 def failures(rows: list[dict]) -> list[dict]:
   """Rows that exceed their width where the design does not saturate."""
   return [r for r in rows if r["bits"] > r["width"] and not r["saturates"]]
+
+
+def saturating_lines(rows: list[dict], limit: int = 40) -> list[str]:
+  """The rows that may saturate, one line each (grouped by value beyond `limit` rows)."""
+  sat = [r for r in rows if r["saturates"]]
+  if len(sat) <= limit:
+    return [f"  {r['population']}: {r['value']} can reach {r['bits']} bits, clipped to "
+            f"{r['width']}" for r in sat]  # fmt: skip
+  kinds: dict = {}
+  for r in sat:
+    kinds[r["value"]] = kinds.get(r["value"], 0) + 1
+  return [f"  {v}: {n} populations" for v, n in sorted(kinds.items())]
 
 
 def summary(rows: list[dict]) -> dict:
