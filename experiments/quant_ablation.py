@@ -74,6 +74,8 @@ def get_sweep(arg: str = "default"):
     {"quant.scale": "free", "quant.rmsnorm": "float", **UNLOWERED},  # integer norms need shifts
     {"quant.pow2_mode": "nearest"},
     {"quant.bitlinear_input": "static"},
+    {"quant.bitlinear_input": "static", "quant.act_bits": 12},  # int8 inputs, their clips counted
+    {"quant.bitlinear_input": "static", "quant.act_bits": 12, "quant.input_bits": 12},
     *configs.axis("quant.lut_size", [4, 16, 32]),
     {"quant.rmsnorm": "float", **UNLOWERED},
     {"quant.nonlinearity": "relu"},

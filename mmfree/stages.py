@@ -187,7 +187,8 @@ def stage_emulate(exp: Experiment, run_dir: Path):
   tokens = held_out(exp, run_dir, exp.loihi.check_tokens)
   result, seconds = backend.run_emulator(run_dir / files.PROGRAM, tokens, 0)
   got = result.logits
-  want = np.asarray(load(run_dir, "hw").logits(np.asarray([tokens])))
+  lm = load(run_dir, "hw")
+  want = np.asarray(lm.logits(np.asarray([tokens])))
   if not np.array_equal(got, want):
     bad = np.argwhere(got != want)
     raise ValueError(
@@ -195,9 +196,22 @@ def stage_emulate(exp: Experiment, run_dir: Path):
       f"at token {bad[0][1]}): the program and the model disagree; rerun `mmfree lower`"
     )
   r = measuring.emulate_report(result, seconds, tokens)
+  # The gains were clipped once, at lowering: the program holds no clip of them.
+  hw_clips = {k: int(a) for k, (a, _) in lm.saturation(np.asarray([tokens])).items()
+              if a and not k.endswith(".rms_gain")}  # fmt: skip
+  emu_clips = {k: n for k, n in r["clips"]["by_point"].items() if n}
+  if emu_clips != hw_clips:
+    diff = sorted(k for k in hw_clips.keys() | emu_clips.keys()
+                  if hw_clips.get(k) != emu_clips.get(k))  # fmt: skip
+    raise ValueError(
+      f"the emulator's clips differ from the `hw` model's at {len(diff)} points (first: "
+      f"{diff[0]}: {emu_clips.get(diff[0], 0)} against {hw_clips.get(diff[0], 0)}): rerun "
+      "`mmfree lower`"
+    )
   write_json(run_dir / files.EMULATE, {"inputs": wanted, "bit_exact": True, **r})
-  print(f"emulate: logits bit-exact with the `hw` model on {len(tokens)} held-out tokens "
-        f"({r['tokens_per_s']:.0f} tokens/s)")  # fmt: skip
+  n = r["clips"]["per_token"]
+  print(f"emulate: logits and {n:.1f} clips per token bit-exact with the `hw` model on "
+        f"{len(tokens)} held-out tokens ({r['tokens_per_s']:.0f} tokens/s)")  # fmt: skip
 
 
 def measure_inputs(exp: Experiment, run_dir: Path) -> dict:

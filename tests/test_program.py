@@ -243,7 +243,8 @@ def test_entry_validation():
   [
     (
       lambda m: m.update(version=pg.VERSION + 1),
-      rf"written by a newer mmfree \(format version {pg.VERSION + 1}; this one reads {pg.VERSION}\): "
+      rf"written by a newer mmfree \(format version {pg.VERSION + 1}; this one reads "
+      rf"{pg.VERSION}\): "
       r"upgrade mmfree, or "
       r"re-run `mmfree lower`",
     ),
