@@ -25,6 +25,7 @@ class Probe:
   kind: str  # one of PROBES
   percentile: float | None = None  # of |x|, for the percentile observer (a sort: slow)
   rounding: str = "half_even"
+  errors: bool = True  # `measure`: also the squared error against the unquantized value
 
 
 def point(module: nnx.Module, name: str, x, clipped=None):
@@ -70,12 +71,15 @@ def _record(module: nnx.Module, name: str, x, probe: Probe, clipped=None):
     u = fixed.rounded(x32 / s.scale, probe.rounding)
     q = fixed.clip_to(u, s.bits)
     sat = u != q if clipped is None else (u != q) | jnp.broadcast_to(clipped, u.shape)
+    per_row = x32.ndim >= 3
     record = {
       "saturated": _row_sum(sat.astype(jnp.float32)),
-      "count": _row_sum(jnp.ones_like(x32)),
-      "err2": _row_sum(jnp.square(q * s.scale - x32)),
-      "ref2": _row_sum(jnp.square(x32)),
+      "count": jnp.full(
+        x32.shape[:1] if per_row else (), x32[0].size if per_row else x32.size, jnp.float32
+      ),  # fmt: skip
     }
+    if probe.errors:
+      record |= {"err2": _row_sum(jnp.square(q * s.scale - x32)), "ref2": _row_sum(jnp.square(x32))}
   else:
     record = x32
   module.sow(nnx.Intermediate, PREFIX + name, record)
