@@ -16,17 +16,22 @@ per-token BitLinear inputs, 16-bit state, 8-entry LUTs, integer RMSNorm, SiLU). 
 fine-tune at `hw` for 100 steps; the `bitnet` control fine-tunes as long without the quantizers,
 so the QAT gain is not mistaken for more training.
 
-Finding (the sweep on runs/tiny, 2 workers, 51 min on 2 CPU cores; validation loss on 11,008
-held-out tokens; `bitnet` 5.073): the activation width is what matters. 8 bits cost +0.3%
-(5.089), 6 bits +6.1% (5.381), 4 bits +52% (7.712); 12 and 16 bits +0.06%. Everything else the
-chip needs is nearly free at 8 bits: power-of-two scales (+0.3% against +0.2% with free scales
-and float norms), static BitLinear input scales instead of the per-token absmax (5.089 both),
-integer RMSNorms (5.089 against 5.090 float), an 8-entry LUT (4 entries: +0.6%; 16, 32: no
-gain), and the state from 24 down to 8 bits (5.088 to 5.093). Rounding scales to the nearest power
-of two clips (0.04% saturated) and costs +1.4% against rounding up. ReLU instead of SiLU costs +5.1%
-after calibration alone, and 100 QAT steps recover it (5.025 against 4.999 for the `bitnet`
-control fine-tuned as long). At 8 bits QAT has nothing to recover (5.019 against the control's
-PTQ 5.018); at 4 bits 100 steps at lr 5e-4 recover a fifth of the gap (7.712 to 7.114).
+Finding (post-training points, `:ptq`, rerun 2026-12-02 after every clip became a counted point;
+runs/tiny, 2 workers, 33 min on 2 CPU cores; validation loss on 11,008 held-out tokens; `bitnet`
+5.079): the activation width is what matters. 8 bits cost +0.26% (5.092), 6 bits +5.9% (5.377),
+4 bits +46% (7.435); 12 and 16 bits +0.06% (5.082). Static BitLinear input scales cost nothing at
+8 bits (5.092); with 12-bit activations the inputs stay int8 (their own width, `quant.input_bits`:
+5.084, clips counted: 2e-6%) or become 12-bit (5.081, 1.23x the energy of the default). The state
+from 24 down to 8 bits: 5.093 to 5.094; an 8-entry LUT (4 entries: +0.6%; 16, 32: no gain);
+integer RMSNorms 5.092 against 5.094 float. Rounding scales to the nearest power of two costs
++1.1% (5.149) and the per-point counts show why: it clips 1/rms in 49% of the tokens and 44% of
+the norm gains. At 4 bits 47% of the tokens saturate 1/rms (calibrated on unquantized inputs, the
+norm then sees 4-bit ones), a cause of the 4-bit loss that only the kernel's own count reveals.
+ReLU instead of SiLU costs +5.1% (5.338) after calibration alone. Predicted energy: 0.0874 mJ per
+token at 8 bits, 4.0x less at 4 bits (0.0219), 0.84x at 6, 1.12x at 12.
+QAT (the full sweep, an earlier runs/tiny with `bitnet` 5.073): ReLU recovers with 100 QAT steps
+(5.025 against 4.999 for the `bitnet` control fine-tuned as long); at 8 bits QAT has nothing to
+recover; at 4 bits 100 steps at lr 5e-4 recover a fifth of the gap (7.712 to 7.114).
 """
 
 from mmfree import configs
