@@ -111,7 +111,7 @@ def test_paper_experiment_pipeline_on_a_small_model(tmp_path, capsys):
   d = tmp_path / "paper"
   main(["run", str(ROOT / "experiments/paper_loihi2_370m.py:smoke"), "--workdir", str(d)])
   out = capsys.readouterr().out
-  assert "emulate: logits bit-exact" in out
+  assert "emulate: logits and" in out and "bit-exact with the `hw` model" in out
   assert "| generation tokens/s |" in out and "| 59.4 |" in out and "Jetson" in out
   assert "| 2048 |" in out  # the prompt-length scaling
   assert json.loads((d / "config.json").read_text())["model"]["vocab_size"] == 512  # padded
