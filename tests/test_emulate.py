@@ -4,6 +4,7 @@ integers at every population, its logits and its generated tokens, with exact ac
 import dataclasses
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -20,6 +21,9 @@ from mmfree.loihi import bundle_io, emulate, hardware, mapping, program, ranges
 from mmfree.quant import calibrate
 from mmfree.quant.points import Probe, recorder, set_hw, set_probe
 from mmfree.store.checkpoint import build_model, read_params
+
+sys.path.insert(0, str(Path(__file__).parent))  # the lava-nc wheel owns the name `tests`
+import design_space as ds  # noqa: E402
 
 T = 64
 
@@ -41,20 +45,6 @@ def _hw_values(run_dir, tokens_BxT):
   set_probe(model, Probe("values"))
   (logits, _), rec = nnx.jit(recorder(lambda m, t: m(t)))(model, jnp.asarray(tokens_BxT))
   return np.asarray(logits), {k: np.asarray(v[0], np.float64) for k, v in rec.items()}
-
-
-def _points(L: int) -> dict:
-  """Population → the `hw` point holding its output (integers at that point's scale)."""
-  pairs = {"norm": "final_norm"}
-  for l in range(L):
-    p = f"layers.{l}"
-    pairs |= {f"{p}.attn_norm": f"{p}.attn_norm", f"{p}.attn.mlgru": f"{p}.attn.silu_h",
-              f"{p}.attn.g_norm": f"{p}.attn.g_norm", f"{p}.attn.gated": f"{p}.attn.gated",
-              f"{p}.res_attn": f"{p}.residual", f"{p}.mlp_norm": f"{p}.mlp_norm",
-              f"{p}.mlp.glu": f"{p}.mlp.glu_prod"}  # fmt: skip
-    if l + 1 < L:
-      pairs[f"{p}.res_mlp"] = f"layers.{l + 1}.block_in"
-  return pairs
 
 
 BRANCHES = ("attn.o_proj.bitlinear_out", "mlp.down_proj.bitlinear_out")  # feed the residuals
@@ -87,7 +77,7 @@ def test_emulator_equals_hw_at_every_population(run, text, tmp_path, policy):
   logits, rec = _hw_values(run_dir, text)
   _, scales = calibrate.load(run_dir)
   L = prog.model["num_hidden_layers"]
-  pairs = _points(L)
+  pairs = ds.outputs_by_point(L)
   assert len(pairs) == 7 * L + L - 1 + 1
   for pop, key in pairs.items():
     got = result.outputs[pop]

@@ -38,11 +38,6 @@ class Result:
   clips: dict = dataclasses.field(default_factory=dict)  # (population, point) -> int64 [steps]
 
 
-def requant(q, f_from, f_to, bits, rounding):
-  """q·2^−f_from on the grid 2^−f_to, saturated to `bits` (a shift: exact between pow2 grids)."""
-  return fixed.saturate(fixed.shift_right(q, int(f_from) - int(f_to), rounding), bits)
-
-
 def _matmul_weights(program: Program, s) -> np.ndarray:
   """Synapse group `s` as float32, whose matmuls are exact while every sum stays within 2^24
   (the static bound of `ranges`); float64 (exact to 2^53) beyond. BLAS, unlike int64 matmuls."""
@@ -112,7 +107,8 @@ class Emulator:
     return q
 
   def requant(self, q, f_from, f_to, bits, point: str | None, also=None):
-    """`requant`, counting what the saturation clipped as clips of `point`."""
+    """q·2^−f_from on the grid 2^−f_to (a shift: exact between pow2 grids), saturated to `bits`;
+    what the saturation clipped counts as clips of `point`."""
     return self.clip(
       point, fixed.shift_right(q, int(f_from) - int(f_to), self.rounding), bits, also
     )
@@ -267,8 +263,8 @@ class Emulator:
     p, F, r = pop.params, pop.params["lut_out_frac"], self.rounding
     f_pre = self._rescale(ports["f"], _sub(p, "f"))
     # σ's input saturates beyond the table's end, where σ is constant: no value changes.
-    sig = neurons.sigmoid_int(requant(f_pre.q, f_pre.frac, self.lut.in_frac_bits,
-                                      p["sigma_bits"], r), self.lut, r)  # fmt: skip
+    sig_in = self.requant(f_pre.q, f_pre.frac, self.lut.in_frac_bits, p["sigma_bits"], None)
+    sig = neurons.sigmoid_int(sig_in, self.lut, r)
     f_q = (
       neurons.forget_gate_int(sig, self.p.arrays[pop.arrays["lb"]], F, r)
       if "lb" in pop.arrays
