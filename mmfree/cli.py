@@ -38,8 +38,11 @@ def cmd_eval(args, extra):
   from mmfree.algorithms.evaluate import evaluate_model
   from mmfree.core.files import read_json
 
-  _only(extra, "--data.")
   path = Path(args.path)
+  if args.tasks:
+    _only(extra)
+    return _eval_tasks(path, args)
+  _only(extra, "--data.")
   saved = read_json(path / "config.json") or {}
   data_cfg = _run_data_config(path, extra)  # a run's own data unless told otherwise
   seq_len = args.seq_len or saved.get("train", {}).get("seq_len", 256)
@@ -49,6 +52,25 @@ def cmd_eval(args, extra):
     sat = f"  saturated {r['saturation_pct']:.4f}%" if "saturation_pct" in r else ""
     print(f"{r['precision']:8s} loss {r['loss']:.4f}  ppl {r['ppl']:.2f}  bpb {bpb}  "
           f"({r['tokens']} tokens){sat}")  # fmt: skip
+
+
+def _eval_tasks(path: Path, args):
+  from mmfree.core import files
+  from mmfree.store import checkpoint
+  from mmfree.tasks import suite
+
+  own = checkpoint.read_config_of(path).precision
+  precisions = [p or own for p in args.precision.split(",")]
+  out_path = path / files.TASKS
+  out = suite.evaluate(path, args.tasks, precisions, args.tasks_dir, args.limit, args.batch,
+                       args.max_len, old=files.read_json(out_path))  # fmt: skip
+  files.write_json(out_path, out)
+  print(suite.table(out))
+  for p, r in out["precisions"].items():
+    t = r["throughput"]
+    print(f"{p}: {t['examples']} examples, {t['requests']} requests in {t['seconds']:.1f} s: "
+          f"{t['examples_per_s']:.1f} examples/s, {t['tokens_per_s']:.0f} tokens/s")  # fmt: skip
+  print(f"-> {out_path}")
 
 
 def _only(extra: list[str], *prefixes: str):
@@ -273,12 +295,19 @@ def parser() -> argparse.ArgumentParser:
   t.add_argument("--workdir", required=True, help="the run directory")
   t.set_defaults(fn=cmd_train)
 
-  e = sub.add_parser("eval", help="loss, perplexity and bits per byte; --data.<key>=... as in "
-                     "experiment configs")  # fmt: skip
+  e = sub.add_parser("eval", help="loss, perplexity and bits per byte (--data.<key>=... as "
+                     "in experiment configs), or zero-shot task accuracy (--tasks)")  # fmt: skip
   e.add_argument("path", help="run directory or Hugging Face checkpoint directory")
   e.add_argument("--precision", default="", help="comma-separated, e.g. float,bitnet")
   e.add_argument("--seq-len", type=int, default=None, help="default: the run's, else 256")
   e.add_argument("--max-windows", type=int, default=512)
+  e.add_argument("--tasks", default="", help="zero-shot tasks instead, e.g. arc_easy,piqa "
+                 "(or all): writes PATH/tasks.json")  # fmt: skip
+  e.add_argument("--tasks-dir", default=None, help="local JSONL files (default: the Hugging "
+                 "Face datasets)")  # fmt: skip
+  e.add_argument("--limit", type=int, default=None, help="the first N examples of each task")
+  e.add_argument("--batch", type=int, default=16, help="sequences per scoring batch")
+  e.add_argument("--max-len", type=int, default=None, help="cut requests on the left to N tokens")
   e.set_defaults(fn=cmd_eval)
 
   g = sub.add_parser("generate", help="stream a continuation of a prompt")

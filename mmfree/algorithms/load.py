@@ -24,6 +24,16 @@ def _sampler(temperature: float, top_k: int | None, top_p: float | None):
   return jax.jit(functools.partial(sample, temperature=temperature, top_k=top_k, top_p=top_p))
 
 
+@jax.jit
+def continuation_scores(logits_BxTxV, targets_BxT, mask_BxT):
+  """(summed log-probability [B] of `targets` where `mask`, whether each was the argmax [B]):
+  the one function every precision's logits are scored by, so equal logits score equally."""
+  logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
+  logp_BxT = jnp.take_along_axis(logp_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
+  hit_BxT = jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT
+  return jnp.sum(jnp.where(mask_BxT, logp_BxT, 0.0), -1), jnp.all(hit_BxT | ~mask_BxT, -1)
+
+
 class LanguageModel:
   """A loaded model for inference. Weights are quantized once here, not on every step."""
 
@@ -67,6 +77,15 @@ class LanguageModel:
     tokens_BxT = self._check_tokens(tokens_BxT, "tokens_BxT")
     logits_BxTxV, _ = self._forward(self._state, tokens_BxT, self._init_state(len(tokens_BxT)))
     return np.asarray(logits_BxTxV, np.float32)
+
+  def loglikelihood(self, tokens_BxT, targets_BxT, mask_BxT) -> tuple[np.ndarray, np.ndarray]:
+    """`continuation_scores` of the model's logits on `tokens_BxT`: (log-likelihood [B] of the
+    targets where `mask`, whether each target was the greedy choice [B])."""
+    tokens_BxT = self._check_tokens(tokens_BxT, "tokens_BxT")
+    logits_BxTxV, _ = self._forward(self._state, tokens_BxT, self._init_state(len(tokens_BxT)))
+    targets_BxT, mask_BxT = jnp.asarray(targets_BxT), jnp.asarray(mask_BxT)
+    ll_B, greedy_B = continuation_scores(logits_BxTxV, targets_BxT, mask_BxT)
+    return np.asarray(ll_B), np.asarray(greedy_B)
 
   def token_nll(self, tokens_BxT) -> np.ndarray:
     """Negative log-likelihood (nats) of each next token, [B, T-1]."""

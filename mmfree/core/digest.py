@@ -44,7 +44,8 @@ def arrays_sha256(arrays: dict) -> str:
   return h.hexdigest()
 
 
-LABELS = {"checkpoint": "checkpoint", "quant": "quant/", "program": "program/", "data": "data"}
+LABELS = {"checkpoint": "checkpoint", "quant": "quant/", "program": "program/", "data": "data",
+          "tasks": "task data"}  # fmt: skip
 
 
 def changed(recorded: dict | None, wanted: dict) -> list[str]:
