@@ -73,6 +73,14 @@ def _eval_tasks(path: Path, args):
   print(f"-> {out_path}")
 
 
+def cmd_lm_eval(args, extra):
+  try:
+    from mmfree.tasks import harness
+  except ImportError as e:  # lm-eval is the optional `eval` extra
+    raise RuntimeError(f"mmfree lm-eval needs lm-eval: uv sync --extra eval ({e})") from e
+  harness.main(extra)
+
+
 def _only(extra: list[str], *prefixes: str):
   """Refuse arguments the command does not know (parse_known_args lets them through)."""
   unknown = [a for a in extra if not (prefixes and a.startswith(prefixes))]
@@ -309,6 +317,14 @@ def parser() -> argparse.ArgumentParser:
   e.add_argument("--batch", type=int, default=16, help="sequences per scoring batch")
   e.add_argument("--max-len", type=int, default=None, help="cut requests on the left to N tokens")
   e.set_defaults(fn=cmd_eval)
+
+  le = sub.add_parser(
+    "lm-eval",
+    add_help=False,
+    help="lm-evaluation-harness's command line "
+    "with --model mmfree (--model_args pretrained=DIR,precision=hw ...)",
+  )
+  le.set_defaults(fn=cmd_lm_eval)
 
   g = sub.add_parser("generate", help="stream a continuation of a prompt")
   g.add_argument("path", help="run directory or Hugging Face checkpoint directory")

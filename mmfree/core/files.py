@@ -20,7 +20,7 @@ DIGESTS = "checkpoint_digests.json"  # {step: sha256 of the parameters}, written
 QUANT = "quant"  # config.json (QuantConfig + calibration record), scales.json, stats.json
 QUANT_FILES = ("config.json", "scales.json")  # what the `hw` model and the program read
 EVAL, EMULATE, MEASURE = "eval.json", "emulate.json", "measure.json"
-TASKS = "tasks.json"  # zero-shot task accuracies per precision (`mmfree eval --tasks`, `tasks` stage)
+TASKS = "tasks.json"  # zero-shot task accuracy per precision (`mmfree eval --tasks`, `tasks` stage)
 PROGRAM = "program"  # the neuron program bundle
 
 
