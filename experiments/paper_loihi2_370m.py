@@ -3,14 +3,20 @@
   uv run mmfree run experiments/paper_loihi2_370m.py --workdir runs/paper_370m       # ~8 min
   uv run mmfree run experiments/paper_loihi2_370m.py --workdir runs/paper_370m \\
       --config.loihi.constants=experiments/loihi2_370m_fitted.json   # re-measures only
+  huggingface-cli download ridger/MMfreeLM-370M --local-dir ckpt/MMfreeLM-370M   # with internet
   uv run mmfree run experiments/paper_loihi2_370m.py --workdir runs/paper_370m_ckpt \\
-      --config.train.init_from=runs/MMfreeLM-370M   # an imported checkpoint (mmfree import-hf)
+      --config.train.init_from=ckpt/MMfreeLM-370M   # the published weights: the zero-shot table
+  # (tasks from the Hugging Face datasets; offline: --config.eval.tasks_dir=DIR of JSONL files;
+  #  on a CPU, --config.eval.tasks_limit=200 scores the first 200 examples of each task)
   uv run mmfree run experiments/paper_loihi2_370m.py:smoke --workdir /tmp/paper    # seconds
 
 Reproduces the hardware comparison of Zhu et al. (arXiv:2406.02528 v6/v7) and Abreu et al.
-(arXiv:2503.18002): the `370m` preset (hidden 1024, 24 blocks, vocabulary 32000) with its random
-initialization (ternary absmean of normal weights: about 30% zeros; `train.init_from` takes a
-trained or imported checkpoint instead), calibrated on held-out text of the embedded corpus,
+(arXiv:2503.18002), and the accuracy side: the zero-shot tasks of the MatMul-free LM paper's
+Table 1 (ARC-E/C, HellaSwag, OpenBookQA, PIQA, WinoGrande, plus LAMBADA) at `bitnet` and `hw`,
+beside the published figures when `train.init_from` is the published checkpoint. The `370m`
+preset (hidden 1024, 24 blocks, vocabulary 32000) with its random initialization (ternary
+absmean of normal weights: about 30% zeros; `train.init_from` takes a trained or imported
+checkpoint instead), calibrated on held-out text of the embedded corpus,
 lowered (fused neurons, lm_head on chip), checked bit-exact against the `hw` model, mapped, and
 run through the emulator on 32 held-out tokens plus 8 generated; the activity goes through the
 cost model with the sourced, unfitted constants of `mmfree.loihi.hardware` (or
@@ -30,13 +36,14 @@ from pathlib import Path
 
 from mmfree import configs
 from mmfree.core import reference
-from mmfree.core.files import read_json
+from mmfree.core.files import CHECKPOINTS, TASKS, read_json
 from mmfree.loihi.cost import PROMPTS
+from mmfree.tasks import docs, suite
 
 
 def get_config(arg: str = "default"):
   c = configs.base_config("370m")
-  c.stages = ("train", "calibrate", "lower", "emulate", "measure")
+  c.stages = ("train", "calibrate", "lower", "emulate", "measure", "tasks")
   c.model.precision = "bitnet"
   c.train.steps = 0  # the initialization (or init_from's weights), saved as step 0
   c.train.vocab_size = 32000  # the published checkpoints' vocabulary
@@ -46,6 +53,8 @@ def get_config(arg: str = "default"):
   c.loihi.check_tokens = 16
   c.loihi.measure_tokens = 32
   c.loihi.new_tokens = 8
+  c.eval.tasks = docs.ALL  # the Hugging Face datasets; offline: --config.eval.tasks_dir=DIR
+  c.eval.tasks_precisions = ("bitnet", "hw")
   if arg == "smoke":  # the same stages on a test-sized model
     c.model.hidden_size = 32
     c.model.num_hidden_layers = 2
@@ -53,6 +62,7 @@ def get_config(arg: str = "default"):
     c.data.tokenizer = "byte"
     c.train.vocab_size = 512
     c.train.seq_len = 32
+    c.eval.tasks = ()  # no hub here: add --config.eval.tasks=... --config.eval.tasks_dir=DIR
   elif arg != "default":
     raise ValueError(f"experiments/paper_loihi2_370m.py: unknown variant {arg!r} (default, smoke)")
   return c
@@ -68,8 +78,41 @@ def _ratio(ours: float, theirs) -> str:
   return f"{ours / theirs:.3g}x"
 
 
+def published_weights(run_dir: Path) -> bool:
+  """Whether the run's weights are a Hugging Face checkpoint's (train.init_from, not trained)."""
+  cfg = read_json(Path(run_dir) / "config.json") or {}
+  src, steps = cfg.get("train", {}).get("init_from"), cfg.get("train", {}).get("steps")
+  return bool(src) and not (Path(src) / CHECKPOINTS).is_dir() and steps == 0
+
+
+def tasks_report(run_dir: Path) -> str:
+  """The zero-shot table per precision; the published 370M figures beside it when the weights
+  are a published checkpoint's."""
+  out = read_json(Path(run_dir) / TASKS)
+  if not out:
+    return "no tasks.json yet: the tasks stage has not run"
+  lines = ["Zero-shot accuracy (lm-evaluation-harness's definitions; ± stderr; (difference to "
+           "bitnet ± its paired stderr)):", "", suite.table(out)]  # fmt: skip
+  if not published_weights(run_dir):
+    return "\n".join(lines + ["", "Weights: not a published checkpoint (train.init_from unset "
+                              "or trained further): no published figures to compare."])  # fmt: skip
+  key = "mmfree_370m_zero_shot"
+  fig = dict(reference.FIGURES[key].value)
+  by = out["precisions"]
+  lines += ["", "| task | published % | " + " | ".join(f"{p} acc / acc_norm %" for p in by) + " |",
+            "|---|---:|" + "---:|" * len(by)]  # fmt: skip
+  for n in out["tasks"]:
+    cells = [" / ".join(f"{100 * r['metrics'][n][m]:.1f}" for m in ("acc", "acc_norm")
+                        if m in r["metrics"][n]) for r in by.values()]  # fmt: skip
+    pub = f"{fig[n]:.1f}" if n in fig else "–"
+    lines.append(f"| {n} | {pub} | " + " | ".join(cells) + " |")
+  lines.append(f"\nPublished: {reference.cite(key)}: {reference.FIGURES[key].what}.")
+  return "\n".join(lines)
+
+
 def report(run_dir: Path) -> str:
-  """The prediction beside the published figures, then per-token cost against prompt length."""
+  """The prediction beside the published figures, per-token cost against prompt length, and the
+  zero-shot table."""
   m = read_json(Path(run_dir) / "measure.json")
   if not m:
     return "no measure.json yet: the measure stage has not run"
@@ -113,4 +156,4 @@ def report(run_dir: Path) -> str:
   for n in PROMPTS:
     lines.append(f"| {n} | {m['ttft_ms'][str(n)]:,.4g} | {g['ms_per_token']:.4g} | "
                  f"{g['mj_per_token']:.4g} |")  # fmt: skip
-  return "\n".join(lines)
+  return "\n".join(lines) + "\n\n" + tasks_report(run_dir)

@@ -315,7 +315,8 @@ def parser() -> argparse.ArgumentParser:
                  "Face datasets)")  # fmt: skip
   e.add_argument("--limit", type=int, default=None, help="the first N examples of each task")
   e.add_argument("--batch", type=int, default=16, help="sequences per scoring batch")
-  e.add_argument("--max-len", type=int, default=None, help="cut requests on the left to N tokens")
+  e.add_argument("--max-len", type=int, default=2048, help="cut requests on the left to N tokens "
+                 "(lm-eval's max_length)")  # fmt: skip
   e.set_defaults(fn=cmd_eval)
 
   le = sub.add_parser(

@@ -17,6 +17,7 @@ from mmfree import sweep
 from mmfree.core import digest, files
 from mmfree.core.dicts import flatten
 from mmfree.loihi import bundle_io, program
+from mmfree.tasks import metrics
 
 if TYPE_CHECKING:  # imported on use: every `mmfree` command builds this module's parser
   import pandas as pd
@@ -25,7 +26,8 @@ OUTPUTS = (
   "eval",
   "emulate",
   "measure",
-)  # stage outputs `<stage>.json`, flattened to `<stage>.*` columns
+  "tasks",
+)  # stage outputs `<stage>.json`, flattened to `<stage>.*` columns (`tasks.hw.arc_easy.acc`)
 KEY_METRICS = ("steps", "loss", "val_loss", "val_ppl", "val_bpb")
 ENERGY = ("measure.generation.tokens_per_s", "measure.generation.mj_per_token")
 EVAL_METRICS = ("loss", "bpb", "saturation_pct")  # of eval.json, per precision: `eval.hw.loss`
@@ -77,8 +79,8 @@ def identities(run_dir: Path) -> dict:
 
 
 def current_outputs(run_dir: Path, ids: dict | None = None) -> tuple[dict, list[str]]:
-  """({eval, emulate, measure}: the outputs whose recorded inputs are the run's now, eval per
-  precision), [the stale ones' names]; `ids` are the run's `identities` when known."""
+  """({eval, emulate, measure, tasks}: the outputs whose recorded inputs are the run's now, eval
+  and tasks per precision), [the stale ones' names]; `ids` are the run's `identities` when known."""
   ids, out, stale = ids or identities(run_dir), {}, []
 
   def current(name: str, rec: dict) -> bool:
@@ -95,7 +97,16 @@ def current_outputs(run_dir: Path, ids: dict | None = None) -> tuple[dict, list[
     rec = files.read_json(Path(run_dir) / f"{stage}.json")
     if rec is not None and current(stage, rec):
       out[stage] = rec
+  tasks = (files.read_json(Path(run_dir) / files.TASKS) or {}).get("precisions") or {}
+  out["tasks"] = {p: task_columns(r) for p, r in tasks.items() if current(f"tasks.{p}", r)}
   return out, stale
+
+
+def task_columns(rec: dict) -> dict:
+  """One precision of tasks.json as columns: {task: metrics}, `avg_acc` (the mean over tasks of
+  `acc`, the accuracy axis of accuracy against energy) and `examples_per_s`."""
+  m = rec["metrics"]
+  return {**m, "avg_acc": metrics.avg_acc(m), "examples_per_s": rec["throughput"]["examples_per_s"]}
 
 
 def _row(d: Path) -> dict:

@@ -1,4 +1,4 @@
-"""The stages of `mmfree run`: train, calibrate, eval, lower, emulate, measure.
+"""The stages of `mmfree run`: train, calibrate, eval, lower, emulate, measure, tasks.
 
 Each stage's output records the content hashes of exactly its inputs (`inputs`): the checkpoint
 (step and parameter hash), the calibration (`quant/`'s content), the program's content, the data
@@ -25,6 +25,7 @@ from mmfree.loihi import measure as measuring
 from mmfree.quant import calibrate
 from mmfree.store import checkpoint
 from mmfree.store.tracking import Tracker
+from mmfree.tasks import suite
 
 
 def _current(stage: str, recorded: dict | None, wanted: dict) -> bool:
@@ -242,5 +243,22 @@ def stage_measure(exp: Experiment, run_dir: Path):
   print(measuring.table(r))
 
 
+def stage_tasks(exp: Experiment, run_dir: Path):
+  """`tasks.json`: zero-shot task accuracy per precision (`eval.tasks`), each precision rescored
+  only when its weights, scales, program, task data or settings changed."""
+  e = exp.eval
+  if not e.tasks:
+    return
+  own = checkpoint.model_config(run_dir).precision
+  precisions = e.tasks_precisions or e.precisions or (own,)
+  old = read_json(run_dir / files.TASKS)
+  out = suite.evaluate(run_dir, e.tasks, precisions, e.tasks_dir or None, e.tasks_limit or None,
+                       e.tasks_batch, old=old, log=print)  # fmt: skip
+  write_json(run_dir / files.TASKS, out)
+  if out != old:
+    print(suite.table(out))
+
+
 STAGES = {"train": stage_train, "calibrate": stage_calibrate, "eval": stage_eval,
-          "lower": stage_lower, "emulate": stage_emulate, "measure": stage_measure}  # fmt: skip
+          "lower": stage_lower, "emulate": stage_emulate, "measure": stage_measure,
+          "tasks": stage_tasks}  # fmt: skip

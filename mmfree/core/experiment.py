@@ -14,7 +14,7 @@ from mmfree.core.quant import QuantConfig
 from mmfree.core.stages import EvalConfig, LoihiConfig
 from mmfree.core.train import TrackingConfig, TrainConfig
 
-STAGES = ("train", "calibrate", "eval", "lower", "emulate", "measure")  # in the order they run
+STAGES = ("train", "calibrate", "eval", "lower", "emulate", "measure", "tasks")  # in this order
 DEFAULT_STAGES = ("train", "eval")
 # Filled in from the tokenizer at train time, so they may differ from what the config asked.
 DERIVED = ("model.vocab_size", "model.bos_token_id", "model.eos_token_id")

@@ -17,6 +17,10 @@ class Figure:
 
 
 MMFREE_V7 = "Zhu et al., arXiv:2406.02528 v6/v7, hardware section"
+MMFREE_TABLE1 = ("Zhu et al., arXiv:2406.02528, Table 1 (zero-shot, lm-evaluation-harness), as "
+                 "transcribed in the public repository fajarkraton/fajarquant "
+                 "(python/phase_d/scripts/repro_upstream.py); not checked against the paper's PDF "
+                 "here")  # fmt: skip
 LOIHI2_LLM = "Abreu et al., arXiv:2503.18002"
 
 FIGURES = {
@@ -40,6 +44,12 @@ FIGURES = {
   "ttft_ratio_500": Figure(
     6.6, "x", "lower time-to-first-token on Loihi 2 than on an edge GPU, 500-token prompt, "
     "batch 1", LOIHI2_LLM, "secondary"),
+  "mmfree_370m_zero_shot": Figure(
+    (("arc_easy", 42.6), ("arc_challenge", 23.8), ("hellaswag", 32.8), ("openbookqa", 28.4),
+     ("piqa", 63.0), ("winogrande", 49.2), ("average", 40.3)), "% accuracy",
+    "MatMul-free LM 370M (15B tokens), zero-shot accuracy per task; the transcription says "
+    "acc_norm for ARC, HellaSwag and OpenBookQA, acc for PIQA and WinoGrande", MMFREE_TABLE1,
+    "secondary"),
 }  # fmt: skip
 
 

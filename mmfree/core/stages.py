@@ -16,12 +16,24 @@ class EvalConfig:
   max_windows: int = 512  # held-out windows of train.seq_len tokens
   calib_batches: int = 16  # batches of training text observed by the calibrate stage
   calib_batch_size: int = 8
+  # the `tasks` stage: zero-shot tasks (names of `mmfree.tasks.docs.TASKS`, or "all")
+  tasks: tuple[str, ...] = ()  # () skips the stage
+  tasks_dir: str = ""  # local JSONL files; "" = the tasks' Hugging Face datasets
+  tasks_limit: int = 0  # the first N examples of each task; 0 = all
+  tasks_precisions: tuple[str, ...] = ()  # () = eval.precisions; "program" = the lowered bundle
+  tasks_batch: int = 16  # sequences per scoring batch
 
   def __post_init__(self):
     bad = [p for p in self.precisions if p not in PRECISIONS]
     if bad:
       raise ValueError(f"eval.precisions: unknown {bad}; choose from {PRECISIONS}")
-    for name in ("max_windows", "calib_batches", "calib_batch_size"):
+    bad = [p for p in self.tasks_precisions if p not in (*PRECISIONS, "program")]
+    if bad:
+      raise ValueError(f"eval.tasks_precisions: unknown {bad}; choose from "
+                       f"{(*PRECISIONS, 'program')}")  # fmt: skip
+    if self.tasks_limit < 0:
+      raise ValueError(f"eval.tasks_limit={self.tasks_limit}: must be 0 (all) or more")
+    for name in ("max_windows", "calib_batches", "calib_batch_size", "tasks_batch"):
       if getattr(self, name) < 1:
         raise ValueError(f"eval.{name}={getattr(self, name)}: must be at least 1")
 

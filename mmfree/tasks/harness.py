@@ -29,14 +29,14 @@ from mmfree.data.tokenizers import load_tokenizer
 from mmfree.loihi import bundle_io, emulate
 from mmfree.store import checkpoint
 from mmfree.tasks import docs, requests, suite
-from mmfree.tasks.score import loglikelihoods
+from mmfree.tasks.score import MAX_LEN, loglikelihoods
 
 
 @register_model("mmfree")
 class MMfreeLM(TemplateLM):
   """A run or checkpoint directory at one precision, scored as `mmfree eval --tasks` scores it."""
 
-  def __init__(self, pretrained: str, precision: str | None = None, max_length: int = 2048,
+  def __init__(self, pretrained: str, precision: str | None = None, max_length: int = MAX_LEN,
                batch_size: int | str = 16, **_):  # fmt: skip
     super().__init__()  # lm-eval's other args (device, max_batch_size) have no meaning here
     self.path = Path(pretrained)

@@ -62,3 +62,8 @@ def paired_diff(a: np.ndarray, b: np.ndarray) -> tuple[float, float | None]:
   """(mean(a − b), its stderr) of two precisions' 0/1 scores on the same examples."""
   d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
   return float(d.mean()), mean_stderr(d)
+
+
+def avg_acc(metrics_by_task: dict) -> float:
+  """The mean over tasks of `acc`: the accuracy axis of accuracy against energy."""
+  return float(np.mean([m["acc"] for m in metrics_by_task.values()]))

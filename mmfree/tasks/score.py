@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from mmfree.tasks.requests import Pair
 
+MAX_LEN = 2048  # tokens a request is cut to on the left, as lm-eval's `hf` model's max_length
 Scorer = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 

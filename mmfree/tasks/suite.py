@@ -22,7 +22,7 @@ from mmfree.loihi import bundle_io, emulate, program
 from mmfree.store import checkpoint
 from mmfree.tasks import docs as taskdocs
 from mmfree.tasks import metrics, requests
-from mmfree.tasks.score import Scorer, loglikelihoods
+from mmfree.tasks.score import MAX_LEN, Scorer, loglikelihoods
 
 PRECISIONS = ("float", "bitnet", "hw", "program")
 
@@ -100,7 +100,7 @@ def score_precision(model_dir: Path, precision: str, loaded: dict, encoded: dict
 
 
 def evaluate(model_dir, names: Sequence[str], precisions: Sequence[str], tasks_dir=None,
-             limit: int | None = None, batch: int = 16, max_len: int | None = None,
+             limit: int | None = None, batch: int = 16, max_len: int | None = MAX_LEN,
              old: dict | None = None, progress: bool = True, log=print) -> dict:  # fmt: skip
   """`tasks.json`'s content: {"tasks", "settings", "precisions": {precision: {"inputs",
   "metrics", "examples", "throughput"}}}. A precision of `old` whose recorded inputs are the
@@ -185,6 +185,5 @@ def table(out: dict, baseline: str = "bitnet") -> str:
 
 
 def average(out: dict) -> dict[str, float]:
-  """{precision: the mean over tasks of `acc`} (the accuracy axis of accuracy against energy)."""
-  return {p: float(np.mean([r["metrics"][n]["acc"] for n in out["tasks"]]))
-          for p, r in out["precisions"].items()}  # fmt: skip
+  """{precision: `avg_acc`} of a tasks.json."""
+  return {p: metrics.avg_acc(r["metrics"]) for p, r in out["precisions"].items()}

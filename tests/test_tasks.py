@@ -1,0 +1,458 @@
+"""Zero-shot tasks: scores computed by hand from `lm.logits`, lm-eval's own tokenization and
+preprocessing, the JSONL layouts and their errors, metrics and length buckets."""
+
+import hashlib
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import jax
+import lm_eval
+import numpy as np
+import pytest
+import sentencepiece
+from flax import nnx
+from hypothesis import given
+from hypothesis import strategies as st
+from lm_eval.api import metrics as lm_metrics
+from lm_eval.api.instance import Instance
+from lm_eval.api.model import TemplateLM
+
+from mmfree.algorithms.load import LanguageModel
+from mmfree.data.tokenizers import ByteTokenizer, SentencePieceTokenizer, train_bpe
+from mmfree.models import MMfreeLM, preset
+from mmfree.tasks import docs, metrics, requests, score
+
+TEXTS = [
+  "The quick brown fox jumps over the lazy dog.",
+  "A cat sat on the mat and the dog sat on the log.",
+  "Question: What do plants need to grow?\nAnswer: water and light.",
+  "The trophy does not fit in the suitcase because it is too big.",
+  "Unicode: naïve café, 日本語, emoji 🦊.",
+] * 20
+
+# Contexts and continuations lm-eval's tokenization has to get right.
+TRICKY = [
+  ("Question: What do plants need to grow?\nAnswer:", " water and light."),
+  ("Question: What do plants need to grow?\nAnswer: ", "water"),  # trailing space moves
+  ("Answer:\n\n", " yes"),  # trailing newlines move
+  ("x \t ", " y"),
+  ("The quick brown fox jumps over the la", "zy dog."),  # no leading space: merges
+  ("The troph", "y does not fit"),
+  ("Unicode: naïve caf", "é, 日本語, emoji 🦊."),
+  ("日本", "語"),
+  ("  ", "abc"),  # all whitespace: the context encodes to nothing
+]
+
+
+@pytest.fixture(scope="module")
+def bpe():
+  return train_bpe(TEXTS, vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def sp(tmp_path_factory):
+  d = tmp_path_factory.mktemp("sp")
+  lines = [f"{t} Line {i} of the training text." for i, t in enumerate(TEXTS * 4)]
+  (d / "text.txt").write_text("\n".join(lines))
+  sentencepiece.SentencePieceTrainer.train(input=str(d / "text.txt"), model_prefix=str(d / "sp"),
+                                           vocab_size=100, model_type="bpe", minloglevel=2)  # fmt: skip
+  return SentencePieceTokenizer.from_file(d / "sp.model")
+
+
+@pytest.fixture(scope="module")
+def lm(bpe):
+  cfg = preset("tiny", vocab_size=bpe.vocab_size, bos_token_id=bpe.bos_id, eos_token_id=bpe.eos_id)
+  model = MMfreeLM(cfg, nnx.Rngs(0))
+  model.lower_bounds[...] = jax.random.normal(jax.random.key(1), model.lower_bounds.shape)
+  return LanguageModel(model, bpe)
+
+
+# -- scores by hand -------------------------------------------------------------------------------
+
+
+def lm_eval_pair(encode, context: str, continuation: str):
+  """lm-eval's rule, written out: trailing whitespace of the context joins the continuation,
+  the continuation's ids are the whole's after the context's own."""
+  n = len(context) - len(context.rstrip())
+  if n:
+    context, continuation = context[:-n], context[-n:] + continuation
+  ctx_ids, whole = encode(context), encode(context + continuation)
+  return list(ctx_ids), list(whole[len(ctx_ids) :])
+
+
+def hand_score(lm, ctx_ids, cont_ids, max_len=None):
+  """(log-likelihood, greedy) of one pair from one unpadded `lm.logits` call, as lm-eval's `hf`
+  model reads it: input (context + continuation)[-(max_len + 1):][:-1]."""
+  seq_T = np.asarray(ctx_ids + cont_ids, np.int32)
+  if max_len is not None:
+    seq_T = seq_T[-(max_len + 1) :]
+  logits_TxV = lm.logits(seq_T[None, :-1])[0].astype(np.float64)
+  m_T = logits_TxV.max(-1, keepdims=True)
+  logp_TxV = logits_TxV - m_T - np.log(np.exp(logits_TxV - m_T).sum(-1, keepdims=True))
+  pos_C = np.arange(len(seq_T) - 1 - len(cont_ids), len(seq_T) - 1)
+  targets_C = np.asarray(cont_ids)
+  ll = float(logp_TxV[pos_C, targets_C].sum())
+  return ll, bool(np.all(logits_TxV[pos_C].argmax(-1) == targets_C))
+
+
+@pytest.fixture(scope="module")
+def three_docs():
+  # 1. multiple choice with lm-eval's target_delimiter "": the continuation starts mid-word, so
+  #    its first characters merge with the context's last token.
+  ctx = "The quick brown fox jumps over the la"
+  answers = ("zy dog.", "te cat.", "st log.")
+  spans = docs.Doc(tuple((ctx, a) for a in answers), answers, 0)
+  # 2. lm-eval's ordinary multiple choice (delimiter " ").
+  plain = docs.multiple_choice("Question: What do plants need to grow?\nAnswer:",
+                               ["water and light.", "a lazy dog", "the mat"], 0)  # fmt: skip
+  # 3. a WinoGrande pair: two contexts, one continuation.
+  wino = docs.schema(["The trophy does not fit in the suitcase because the trophy",
+                      "The trophy does not fit in the suitcase because the suitcase"],
+                     "is too big.", 0)  # fmt: skip
+  return spans, plain, wino
+
+
+def test_scores_equal_hand_computation_from_logits(lm, bpe, three_docs):
+  spans, plain, wino = three_docs
+  assert spans.pairs[0] == ("The quick brown fox jumps over the la", "zy dog.")
+  assert plain.pairs[1] == ("Question: What do plants need to grow?\nAnswer:", " a lazy dog")
+  assert wino.pairs == (
+    ("The trophy does not fit in the suitcase because the trophy", " is too big."),
+    ("The trophy does not fit in the suitcase because the suitcase", " is too big."),
+  )
+  # The first continuation spans a token boundary: the whole's tokens do not start with the
+  # context's, and lm-eval scores the whole's tail after the context's own tokens.
+  c, x = spans.pairs[0]
+  ctx_ids, whole = bpe.encode(c), bpe.encode(c + x)
+  assert whole[: len(ctx_ids)] != ctx_ids
+  hand_pairs = [lm_eval_pair(bpe.encode, c, x) for d in three_docs for c, x in d.pairs]
+  assert hand_pairs[0][0] + hand_pairs[0][1] != whole  # lm-eval's input is not the text's ids
+
+  pairs = [p for doc_pairs in requests.encode_docs(bpe, three_docs) for p in doc_pairs]
+  assert pairs == [(tuple(a), tuple(b)) for a, b in hand_pairs]
+  expected = [hand_score(lm, a, b) for a, b in hand_pairs]
+  ll_N, greedy_N, stats = score.loglikelihoods(lm.loglikelihood, pairs, batch=2)
+  np.testing.assert_allclose(ll_N, [e[0] for e in expected], rtol=1e-4)
+  np.testing.assert_array_equal(greedy_N, [e[1] for e in expected])
+  assert ll_N.dtype == np.float64 and stats["requests"] == stats["sequences"] == len(pairs) == 8
+  assert stats["tokens"] == sum(len(a) + len(b) - 1 for a, b in hand_pairs)
+
+  # acc / acc_norm by hand: argmax of the log-likelihoods, and of them per character of the
+  # choice strings (the answers for multiple choice, the contexts for WinoGrande).
+  lls = np.array([e[0] for e in expected])
+  got_choice = metrics.per_doc(docs.CHOICE, [spans, plain], ll_N[:6], greedy_N[:6])
+  got_schema = metrics.per_doc(docs.SCHEMA, [wino], ll_N[6:], greedy_N[6:])
+  assert set(got_schema) == {"pred", "acc"}
+  for i, (d, lo) in enumerate([(spans, 0), (plain, 3), (wino, 6)]):
+    lls_C = lls[lo : lo + len(d.pairs)]
+    assert np.sort(lls_C)[-1] - np.sort(lls_C)[-2] > 1e-2  # a margin: the argmax is stable
+    pred = int(np.argmax(lls_C))
+    got = got_schema if d is wino else got_choice
+    j = 0 if d is wino else i
+    assert got["pred"][j] == pred and got["acc"][j] == int(pred == d.gold)
+    if d is not wino:
+      norm_C = lls_C / np.array([len(s) for s in d.choices], np.float64)
+      assert np.sort(norm_C)[-1] - np.sort(norm_C)[-2] > 1e-3
+      pred_norm = int(np.argmax(norm_C))
+      assert got["pred_norm"][j] == pred_norm and got["acc_norm"][j] == int(pred_norm == d.gold)
+
+  # Batch size and bucketing change nothing.
+  for b in (1, 3):
+    ll_b, greedy_b, _ = score.loglikelihoods(lm.loglikelihood, pairs, batch=b)
+    np.testing.assert_allclose(ll_b, ll_N, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(greedy_b, greedy_N)
+
+
+def test_scores_with_max_len_duplicates_and_empty_continuations(lm, bpe, three_docs):
+  pairs = [p for doc_pairs in requests.encode_docs(bpe, three_docs) for p in doc_pairs]
+  max_len = max(len(x) for _, x in pairs) + 2
+  assert any(len(c) + len(x) > max_len + 1 for c, x in pairs)  # some are cut on the left
+  expected = [hand_score(lm, list(c), list(x), max_len)[0] for c, x in pairs]
+  empty = (pairs[0][0], ())
+  ll, greedy, stats = score.loglikelihoods(lm.loglikelihood, [*pairs, pairs[2], empty], 4, max_len)
+  np.testing.assert_allclose(ll[:-2], expected, rtol=1e-4)
+  assert ll[-2] == ll[2] and greedy[-2] == greedy[2]
+  assert ll[-1] == 0.0 and greedy[-1]  # nothing to score: log 1, and greedy
+  assert stats["sequences"] == len(pairs)
+  with pytest.raises(ValueError, match="does not fit"):
+    score.loglikelihoods(lm.loglikelihood, pairs, 2, max_len=len(pairs[0][1]) - 1)
+
+
+# -- tokenization: lm-eval's own code -------------------------------------------------------------
+
+
+class LmEvalRequests(TemplateLM):
+  """lm-eval's TemplateLM over `encode`: its `loglikelihood` returns the token pairs it made."""
+
+  def __init__(self, encode, prefix: int):
+    super().__init__()
+    self._encode, self._prefix = encode, prefix
+
+  @property
+  def eot_token_id(self) -> int:
+    return self._prefix
+
+  def tok_encode(self, string, add_special_tokens=None, **kwargs):
+    return list(self._encode(string))
+
+  def _loglikelihood_tokens(self, reqs, **kwargs):
+    return [(tuple(c), tuple(x)) for _, c, x in reqs]
+
+  def loglikelihood_rolling(self, requests, disable_tqdm=False):
+    raise NotImplementedError
+
+  def generate_until(self, requests, disable_tqdm=False):
+    raise NotImplementedError
+
+
+def lm_eval_tokenize(encode, prefix: int, pairs) -> list:
+  reqs = [Instance("loglikelihood", {}, (c, x), i) for i, (c, x) in enumerate(pairs)]
+  return LmEvalRequests(encode, prefix).loglikelihood(reqs, disable_tqdm=True)
+
+
+@pytest.mark.parametrize("kind", ["byte", "bpe", "sentencepiece"])
+def test_encode_pair_is_lm_evals(kind, bpe, sp):
+  tok = {"byte": ByteTokenizer(), "bpe": bpe, "sentencepiece": sp}[kind]
+  p = requests.prefix_id(tok)
+  assert p == tok.eos_id is not None  # TemplateLM's prefix: its eot token
+  # `_encode_pair` itself, unbound, on an object with only what it reads.
+  plain = type("Plain", (), {"backend": "causal", "tok_encode": staticmethod(
+    lambda s, **kw: tok.encode(s))})()  # fmt: skip
+  for c, x in TRICKY:
+    want = TemplateLM._encode_pair(plain, c, x)
+    assert requests.encode_pair(tok.encode, c, x, p) == tuple(map(tuple, want)), (c, x)
+  # Through `loglikelihood` (empty contexts included), with lm-eval's prefix and with a prefix
+  # that is the continuation's first token (the prefix is then taken from the continuation).
+  empties = [("", " water and light."), ("", "zy dog."), ("", "日本語")]
+  for prefix in (p, tok.encode("zy dog.")[0]):
+    want = lm_eval_tokenize(tok.encode, prefix, TRICKY + empties)
+    got = [requests.encode_pair(tok.encode, c, x, prefix) for c, x in TRICKY + empties]
+    assert got == want
+  assert requests.encode_pair(tok.encode, "", "zy dog.", tok.encode("zy dog.")[0]) == (
+    tuple(tok.encode("zy dog.")[:1]), tuple(tok.encode("zy dog.")[1:]))  # fmt: skip
+  with pytest.raises(ValueError, match="prefix token"):
+    requests.encode_pair(tok.encode, "", " x", None)
+
+
+def test_encode_docs_needs_a_tokenizer(three_docs):
+  with pytest.raises(ValueError, match="no tokenizer"):
+    requests.encode_docs(None, three_docs)
+
+
+# -- HellaSwag: lm-eval's own preprocessing -------------------------------------------------------
+
+
+def test_hellaswag_preprocessing_is_lm_evals():
+  import datasets
+
+  path = Path(lm_eval.__file__).parent / "tasks" / "hellaswag" / "utils.py"
+  spec = importlib.util.spec_from_file_location("lm_eval_hellaswag_utils", path)
+  utils = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(utils)
+  rows = [
+    {"activity_label": "Home and Garden",
+     "ctx_a": "[header] How to clean a grill. [title] Heat the grill.  [step] Let it burn off.",
+     "ctx_b": "then scrub the grates with a brush",
+     "endings": [" [title] Use a wire brush.", "[step] Rinse it  off  with water. ",
+                 "Wait [substeps] until it cools.", "Eat the grill."],
+     "label": "2"},
+    {"activity_label": "Removing ice from car",
+     "ctx_a": "Then, the man writes over the snow covering the window of a car.",
+     "ctx_b": "a woman wearing winter clothes",
+     "endings": [", smiles.", " walks away [title] slowly", "  laughs  ", "sits down."],
+     "label": "0"},
+  ]  # fmt: skip
+  for text in [*rows[0]["endings"], rows[0]["ctx_a"], " a  [b] c [title] d  "]:
+    assert docs.hellaswag_preprocess(text) == utils.preprocess(text), text
+  processed = utils.process_docs(datasets.Dataset.from_list(rows))
+  for row, want in zip(rows, processed, strict=True):
+    doc = docs.TASKS["hellaswag"].from_fields(row)
+    assert doc == docs.Doc(tuple((want["query"], " " + c) for c in want["choices"]),
+                           tuple(want["choices"]), want["gold"])  # fmt: skip
+  assert docs.TASKS["hellaswag"].from_fields(rows[0]).pairs[0][0] == (
+    "Home and Garden: How to clean a grill.. Heat the grill. Let it burn off. Then scrub the "
+    "grates with a brush"
+  )
+
+
+# -- layouts and errors ---------------------------------------------------------------------------
+
+
+def write_jsonl(path: Path, rows) -> Path:
+  path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+  return path
+
+
+def q(text: str) -> str:
+  return f"Question: {text}\nAnswer:"
+
+
+def test_load_lm_eval_layouts(tmp_path):
+  arc = {"question": "Which is a mammal?", "answerKey": "B",
+         "choices": {"text": ["trout", "dog", "frog"], "label": ["A", "B", "C"]}}  # fmt: skip
+  write_jsonl(tmp_path / "arc_easy.jsonl", [arc, "", {**arc, "answerKey": "C"}])
+  write_jsonl(tmp_path / "arc_challenge.jsonl", [{**arc, "choices": {
+    "text": ["trout", "dog"], "label": ["1", "2"]}, "answerKey": "2"}])  # fmt: skip
+  write_jsonl(tmp_path / "piqa.jsonl", [
+    {"goal": "Dry wet hair", "sol1": "use a towel", "sol2": "use a rock", "label": 0}])  # fmt: skip
+  write_jsonl(tmp_path / "winogrande.jsonl", [
+    {"sentence": "The trophy does not fit in the suitcase because _ is too big.",
+     "option1": "the trophy", "option2": "the suitcase", "answer": "2"}])  # fmt: skip
+  write_jsonl(tmp_path / "openbook_qa.jsonl", [
+    {"id": "7-980", "question_stem": "The sun is responsible for",
+     "choices": {"text": ["puppies", "plants sprouting"], "label": ["A", "B"]},
+     "answerKey": "B"}])  # fmt: skip
+  write_jsonl(tmp_path / "lambada.jsonl", [{"text": "the cat sat on the mat"}])
+
+  mc = lambda ctx, answers, gold: docs.Doc(tuple((ctx, " " + a) for a in answers), answers, gold)
+  d, src = docs.load("arc_easy", tmp_path)
+  assert d == [mc(q("Which is a mammal?"), ("trout", "dog", "frog"), 1),
+               mc(q("Which is a mammal?"), ("trout", "dog", "frog"), 2)]  # fmt: skip
+  assert src == {"file": str(tmp_path / "arc_easy.jsonl"),
+                 "sha256": hashlib.sha256((tmp_path / "arc_easy.jsonl").read_bytes()).hexdigest()}
+  assert docs.load("arc_easy", tmp_path, limit=1)[0] == d[:1]
+  assert docs.load("arc_challenge", tmp_path)[0] == [mc(q("Which is a mammal?"), ("trout", "dog"), 1)]
+  assert docs.load("piqa", tmp_path)[0] == [mc(q("Dry wet hair"), ("use a towel", "use a rock"), 0)]
+  assert docs.load("openbookqa", tmp_path)[0] == [
+    mc("The sun is responsible for", ("puppies", "plants sprouting"), 1)]  # fmt: skip
+  (wino,) = docs.load("winogrande", tmp_path)[0]
+  assert wino == docs.Doc(
+    (("The trophy does not fit in the suitcase because the trophy", " is too big."),
+     ("The trophy does not fit in the suitcase because the suitcase", " is too big.")),
+    ("The trophy does not fit in the suitcase because the trophy",
+     "The trophy does not fit in the suitcase because the suitcase"), 1)  # fmt: skip
+  (lambada,) = docs.load("lambada", tmp_path)[0]
+  assert lambada == docs.Doc((("the cat sat on the", " mat"),), (" mat",), 0)
+  # lm-eval's names: openbookqa's file may be openbook_qa.jsonl, lambada's lambada_openai.jsonl.
+  assert docs.load("openbookqa", tmp_path)[1]["file"] == str(tmp_path / "openbook_qa.jsonl")
+  (tmp_path / "lambada.jsonl").rename(tmp_path / "lambada_openai.jsonl")
+  assert docs.load("lambada", tmp_path)[0] == [lambada]
+  with pytest.raises(FileNotFoundError, match="hellaswag.jsonl"):
+    docs.load("hellaswag", tmp_path)
+
+
+def test_load_shared_layout_and_provenance(tmp_path):
+  path = write_jsonl(tmp_path / "arc_easy.jsonl", [
+    {"query": "Q: 2+2?\nA:", "choices": ["3", "4"], "gold": 1}])  # fmt: skip
+  write_jsonl(tmp_path / "winogrande.jsonl", [
+    {"context_options": ["Ann gave Bo a gift because Ann", "Ann gave Bo a gift because Bo"],
+     "continuation": "was kind.", "gold": 0}])  # fmt: skip
+  d, src = docs.load("arc_easy", tmp_path)
+  assert d == [docs.Doc((("Q: 2+2?\nA:", " 3"), ("Q: 2+2?\nA:", " 4")), ("3", "4"), 1)]
+  assert docs.load("winogrande", tmp_path)[0] == [docs.Doc(
+    (("Ann gave Bo a gift because Ann", " was kind."), ("Ann gave Bo a gift because Bo",
+     " was kind.")), ("Ann gave Bo a gift because Ann", "Ann gave Bo a gift because Bo"), 0)]  # fmt: skip
+  write_jsonl(path, [{"query": "Q: 2+2?\nA:", "choices": ["3", "4"], "gold": 0}])
+  again = docs.load("arc_easy", tmp_path)[1]
+  assert again["sha256"] != src["sha256"]
+  assert again["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_load_errors(tmp_path):
+  ok = {"query": "q", "choices": ["a", "b"], "gold": 0}
+  write_jsonl(tmp_path / "arc_easy.jsonl", [ok, {"prompt": "q", "answer": 1}])
+  with pytest.raises(ValueError, match=r"arc_easy\.jsonl:2: not a arc_easy example") as e:
+    docs.load("arc_easy", tmp_path)
+  assert "fields present: ['answer', 'prompt']" in str(e.value)
+  assert len(docs.load("arc_easy", tmp_path, limit=1)[0]) == 1  # the bad row is not read
+  for gold in (2, -1):
+    write_jsonl(tmp_path / "arc_easy.jsonl", [{**ok, "gold": gold}])
+    with pytest.raises(ValueError, match=rf"arc_easy\.jsonl:1: gold {gold} is not an index"):
+      docs.load("arc_easy", tmp_path)
+  write_jsonl(tmp_path / "arc_easy.jsonl", ["{not json"])
+  with pytest.raises(ValueError, match=r"arc_easy\.jsonl:1: not JSON"):
+    docs.load("arc_easy", tmp_path)
+  bad = {"piqa": {"goal": "g", "sol1": "a", "sol2": "b", "label": 2},  # gold out of range
+         "winogrande": {"sentence": "no blank", "option1": "a", "option2": "b", "answer": "1"},
+         "lambada": {"context": "x"},
+         "arc_challenge": {"question": "q", "choices": {"text": ["a"], "label": ["A"]},
+                           "answerKey": "Z"}}  # fmt: skip
+  for name, row in bad.items():
+    write_jsonl(tmp_path / f"{name}.jsonl", [row])
+    with pytest.raises(ValueError, match=rf"{name}\.jsonl:1: "):
+      docs.load(name, tmp_path)
+  # a schema row is not a multiple-choice one, nor the reverse
+  write_jsonl(tmp_path / "piqa.jsonl", [{"context_options": ["a", "b"], "continuation": "c",
+                                         "gold": 0}])  # fmt: skip
+  with pytest.raises(ValueError, match="fields present"):
+    docs.load("piqa", tmp_path)
+
+
+def test_parse_task_names():
+  assert docs.parse("arc_easy, piqa,") == ("arc_easy", "piqa")
+  assert docs.parse(["all"]) == docs.ALL == tuple(docs.TASKS)
+  assert set(docs.ALL) == {"arc_easy", "arc_challenge", "openbookqa", "piqa", "hellaswag",
+                           "winogrande", "lambada"}  # fmt: skip
+  with pytest.raises(ValueError, match="unknown tasks \\['nope'\\]"):
+    docs.parse("arc_easy,nope")
+  with pytest.raises(ValueError, match="unknown tasks"):
+    docs.parse(["openbook_qa"])  # a file name, not a task name
+
+
+# -- metrics --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("x", [[0, 1], [1, 1, 0, 1, 0], [0.5, -2.0, 3.25, 7.0], list(range(17))])
+def test_mean_stderr_is_lm_evals(x):
+  assert metrics.mean_stderr(x) == pytest.approx(lm_metrics.mean_stderr(x), rel=1e-12)
+  assert metrics.mean_stderr(np.asarray(x)) == pytest.approx(lm_metrics.mean_stderr(x), rel=1e-12)
+
+
+def test_mean_stderr_of_one_example_is_none():
+  assert metrics.mean_stderr([1.0]) is None
+
+
+def test_cloze_aggregate():
+  lambada = [docs.Doc((("a b", " c"),), (" c",), 0) for _ in range(4)]
+  ll_N = np.array([-1.0, -2.5, -0.25, -4.0])
+  greedy_N = np.array([True, False, True, True])
+  scores = metrics.per_doc(docs.CLOZE, lambada, ll_N, greedy_N)
+  assert set(scores) == {"acc", "ll"}
+  out = metrics.aggregate(scores)
+  assert out["n"] == 4 and out["acc"] == 0.75
+  assert out["acc_stderr"] == pytest.approx(lm_metrics.mean_stderr([1, 0, 1, 1]))
+  assert out["perplexity"] == pytest.approx(math.exp(7.75 / 4))
+  assert out["perplexity"] == pytest.approx(lm_metrics.perplexity(list(ll_N)))
+  assert "acc_norm" not in out
+
+
+def test_choice_aggregate_and_paired_diff():
+  d = docs.multiple_choice("q", ["aa", "b"], 0)
+  # lls per pair: doc 1 prefers "aa" by ll, "b" per char; doc 2 prefers "b" both ways
+  scores = metrics.per_doc(docs.CHOICE, [d, d], np.array([-2.0, -1.5, -3.0, -1.0]), [False] * 4)
+  assert scores["pred"].tolist() == [1, 1] and scores["pred_norm"].tolist() == [1, 1]
+  scores = metrics.per_doc(docs.CHOICE, [d], np.array([-1.0, -1.5]), [False] * 2)
+  assert scores["pred"].tolist() == [0] and scores["pred_norm"].tolist() == [0]
+  scores = metrics.per_doc(docs.CHOICE, [d], np.array([-2.0, -1.25]), [False] * 2)
+  assert scores["pred"].tolist() == [1] and scores["pred_norm"].tolist() == [1]
+  scores = metrics.per_doc(docs.CHOICE, [d], np.array([-2.0, -1.1]), [False] * 2)
+  assert scores["pred"].tolist() == [1] and scores["pred_norm"].tolist() == [0]  # -1 vs -1.1
+  out = metrics.aggregate({"acc": np.array([1, 0, 1]), "acc_norm": np.array([1, 1, 1])})
+  assert out == {"n": 3, "acc": pytest.approx(2 / 3),
+                 "acc_stderr": pytest.approx(lm_metrics.mean_stderr([1, 0, 1])),
+                 "acc_norm": 1.0, "acc_norm_stderr": 0.0}  # fmt: skip
+  mean, se = metrics.paired_diff(np.array([1, 0, 1, 1]), np.array([0, 0, 1, 0]))
+  assert mean == 0.5 and se == pytest.approx(lm_metrics.mean_stderr([1, 0, 0, 1]))
+
+
+# -- length buckets -------------------------------------------------------------------------------
+
+
+@given(st.integers(1, 5000))
+def test_bucket_bounds(n):
+  b = score.bucket(n)
+  assert b >= n and b >= 16 and b % 8 == 0
+  assert score.bucket(n + 1) >= b  # monotone
+  if n > 16:  # 2^k·{1, 1.25, 1.5, 1.75}: at most 25% more, then up to a multiple of 8
+    assert b <= 8 * math.ceil(1.25 * n / 8)
+  if n >= 32:  # there every bucket is a multiple of 8 already
+    assert b <= 1.25 * n
+
+
+def test_bucket_values():
+  assert [score.bucket(n) for n in (1, 16, 17, 24, 25, 32, 33, 40, 41, 48, 56, 57, 64, 65)] == [
+    16, 16, 24, 24, 32, 32, 40, 40, 48, 48, 56, 64, 64, 80]  # fmt: skip
+  octaves = {int(2**k * f) for k in range(5, 12) for f in (1.25, 1.5, 1.75, 2)}  # four each
+  assert {score.bucket(n) for n in range(1, 4097)} == {16, 24, 32} | octaves
