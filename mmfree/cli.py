@@ -63,7 +63,8 @@ def _eval_tasks(path: Path, args):
   precisions = [p or own for p in args.precision.split(",")]
   out_path = path / files.TASKS
   out = suite.evaluate(path, args.tasks, precisions, args.tasks_dir, args.limit, args.batch,
-                       args.max_len, old=files.read_json(out_path))  # fmt: skip
+                       args.max_len, old=files.read_json(out_path),
+                       save=lambda o: files.write_json(out_path, o))  # fmt: skip
   files.write_json(out_path, out)
   print(suite.table(out))
   for p, r in out["precisions"].items():

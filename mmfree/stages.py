@@ -251,10 +251,11 @@ def stage_tasks(exp: Experiment, run_dir: Path):
     return
   own = checkpoint.model_config(run_dir).precision
   precisions = e.tasks_precisions or e.precisions or (own,)
-  old = read_json(run_dir / files.TASKS)
+  path = run_dir / files.TASKS
+  old = read_json(path)
   out = suite.evaluate(run_dir, e.tasks, precisions, e.tasks_dir or None, e.tasks_limit or None,
-                       e.tasks_batch, old=old, log=print)  # fmt: skip
-  write_json(run_dir / files.TASKS, out)
+                       e.tasks_batch, old=old, save=lambda o: write_json(path, o))  # fmt: skip
+  write_json(path, out)
   if out != old:
     print(suite.table(out))
 
