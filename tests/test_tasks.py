@@ -488,9 +488,6 @@ def test_load_errors(tmp_path):
     docs.load("piqa", tmp_path)
 
 
-@pytest.mark.xfail(
-  strict=True, reason="docs.to_doc returns shared-layout rows before its gold check"
-)
 @pytest.mark.parametrize("name, row", [
   ("arc_easy", {"query": "q", "choices": ["a", "b"], "gold": 2}),
   ("arc_easy", {"query": "q", "choices": ["a", "b"], "gold": -1}),
@@ -502,7 +499,6 @@ def test_shared_layout_gold_out_of_range_raises(tmp_path, name, row):
     docs.load(name, tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="docs.to_doc's message calls sorted(row) on a non-object")
 @pytest.mark.parametrize("line", ["3", "null"])
 def test_non_object_row_names_its_line(tmp_path, line):
   write_jsonl(tmp_path / "arc_easy.jsonl", [line])

@@ -117,14 +117,23 @@ def parse(names: str | tuple | list) -> tuple[str, ...]:
   return names
 
 
+def _strings(v) -> list:
+  if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+    raise TypeError(f"expected a list of strings, got {v!r}")
+  return v
+
+
 def to_doc(task: Task, row: dict, where: str) -> Doc:
   """A row in either layout → its Doc; a row in neither names the fields it lacks."""
+  if not isinstance(row, dict):
+    raise ValueError(f"{where}: a {task.name} example is a JSON object, not {row!r}")
   try:
     if "context_options" in row and task.kind == SCHEMA:
-      return schema(row["context_options"], row["continuation"], row["gold"])
-    if "query" in row and "choices" in row and task.kind == CHOICE:
-      return multiple_choice(row["query"], row["choices"], row["gold"])
-    doc = task.from_fields(row)
+      doc = schema(_strings(row["context_options"]), row["continuation"], row["gold"])
+    elif "query" in row and "choices" in row and task.kind == CHOICE:
+      doc = multiple_choice(row["query"], _strings(row["choices"]), row["gold"])
+    else:
+      doc = task.from_fields(row)
   except (KeyError, ValueError, TypeError, AttributeError) as e:
     raise ValueError(
       f"{where}: not a {task.name} example in lm-eval's layout (the dataset's own fields) nor "

@@ -3,8 +3,8 @@
 A scorer is `score(tokens_BxT, targets_BxT, mask_BxT) -> (ll_B, greedy_B)`: the summed
 log-probability of `targets` where `mask` is set and whether each was the argmax. Requests are
 deduplicated, sorted longest first and cut into batches of `batch` rows, each padded on the right
-to a bucket length (four per octave: at most 25% padding, few compilations); a recurrent model
-reads left to right, so right padding changes no scored position.
+to a bucket length (four per octave from 32 tokens: at most 25% padding there, few compilations);
+a recurrent model reads left to right, so right padding changes no scored position.
 """
 
 import math
@@ -39,6 +39,9 @@ def sequence(pair: Pair, max_len: int | None) -> tuple[tuple[int, ...], int]:
   whole = ctx + cont
   if max_len is not None:
     whole = whole[-(max_len + 1) :]
+  if not ctx:
+    raise ValueError("a request whose context has no tokens (only whitespace): nothing to "
+                     "condition the continuation on")  # fmt: skip
   if len(cont) >= len(whole):
     raise ValueError(f"a continuation of {len(cont)} tokens does not fit max_len={max_len}")
   return whole[:-1], len(cont)

@@ -71,12 +71,12 @@ def scorer(model_dir: Path, precision: str) -> Scorer:
 
 def inputs(model_dir: Path, precision: str, sources: dict, settings: dict) -> dict:
   """What one precision's task scores depend on: the weights, the scales (`hw`), the program's
-  content (`program`), each task's data, the settings."""
+  content (`program`), each task's data (its content, wherever the file is), the settings."""
   return {
     "checkpoint": checkpoint.checkpoint_id(model_dir),
     "quant": files.quant_id(model_dir) if precision in ("hw", "program") else None,
     "program": bundle_io.content_sha256(program_dir(model_dir)) if precision == "program" else None,
-    "tasks": sources,
+    "tasks": {n: {k: v for k, v in s.items() if k != "file"} for n, s in sources.items()},
     "settings": settings,
   }
 
@@ -120,7 +120,7 @@ def evaluate(model_dir, names: Sequence[str], precisions: Sequence[str], tasks_d
   sources = {n: s for n, (_, s) in loaded.items()}
   settings = {"tasks": list(names), "limit": limit, "max_len": max_len}
   encoded = None
-  out = {"tasks": list(names), "settings": settings, "precisions": {}}
+  out = {"tasks": list(names), "settings": settings, "sources": sources, "precisions": {}}
   for precision in precisions:
     wanted = inputs(model_dir, precision, sources, settings)
     entry = ((old or {}).get("precisions") or {}).get(precision)
