@@ -2,11 +2,12 @@
 
 import math
 import platform
+import sys
 from itertools import islice
+from pathlib import Path
 
 import numpy as np
 import pytest
-import sentencepiece
 
 from mmfree.data import corpus as corpus_lib
 from mmfree.data.pipeline import batches, eval_windows, tokenize_docs
@@ -18,6 +19,9 @@ from mmfree.data.tokenizers import (
   train_bpe,
   unigram_entropy,
 )
+
+sys.path.insert(0, str(Path(__file__).parent))  # the lava-nc wheel owns the name `tests`
+from sp_model import train_sentencepiece  # noqa: E402
 
 TEXTS = [
   "The quick brown fox jumps over the lazy dog.",
@@ -95,16 +99,7 @@ def test_bpe_roundtrip_and_cache(tmp_path):
 
 
 def test_sentencepiece_loads(tmp_path):
-  lines = [f"{t} Line {i} of the training text." for i, t in enumerate(TEXTS * 4)]
-  (tmp_path / "text.txt").write_text("\n".join(lines))
-  sentencepiece.SentencePieceTrainer.train(
-    input=str(tmp_path / "text.txt"),
-    model_prefix=str(tmp_path / "sp"),
-    vocab_size=100,
-    model_type="bpe",
-    minloglevel=2,
-  )
-  (tmp_path / "sp.model").rename(tmp_path / "tokenizer.model")
+  train_sentencepiece(TEXTS, tmp_path).rename(tmp_path / "tokenizer.model")
   tok = load_tokenizer(tmp_path)
   assert isinstance(tok, SentencePieceTokenizer)
   assert tok.vocab_size == 100 and tok.bos_id == 1 and tok.eos_id == 2

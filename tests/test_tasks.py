@@ -5,13 +5,13 @@ import hashlib
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import jax
 import lm_eval
 import numpy as np
 import pytest
-import sentencepiece
 import yaml
 from flax import nnx
 from hypothesis import given
@@ -24,6 +24,9 @@ from mmfree.algorithms.load import LanguageModel
 from mmfree.data.tokenizers import ByteTokenizer, SentencePieceTokenizer, train_bpe
 from mmfree.models import MMfreeLM, preset
 from mmfree.tasks import docs, metrics, requests, score
+
+sys.path.insert(0, str(Path(__file__).parent))  # the lava-nc wheel owns the name `tests`
+from sp_model import train_sentencepiece  # noqa: E402
 
 TEXTS = [
   "The quick brown fox jumps over the lazy dog.",
@@ -54,17 +57,7 @@ def bpe():
 
 @pytest.fixture(scope="module")
 def sp(tmp_path_factory):
-  d = tmp_path_factory.mktemp("sp")
-  lines = [f"{t} Line {i} of the training text." for i, t in enumerate(TEXTS * 4)]
-  (d / "text.txt").write_text("\n".join(lines))
-  sentencepiece.SentencePieceTrainer.train(
-    input=str(d / "text.txt"),
-    model_prefix=str(d / "sp"),
-    vocab_size=100,
-    model_type="bpe",
-    minloglevel=2,
-  )
-  return SentencePieceTokenizer.from_file(d / "sp.model")
+  return SentencePieceTokenizer.from_file(train_sentencepiece(TEXTS, tmp_path_factory.mktemp("sp")))
 
 
 @pytest.fixture(scope="module")

@@ -48,8 +48,12 @@ class MMfreeLM(TemplateLM):
       raise ValueError(f"{self.path}: no tokenizer files; lm-eval's tasks are text")
     self.max_length = int(max_length)
     self.batch = int(batch_size) if str(batch_size).isdigit() else 16  # "auto": the default
-    self._score = suite.scorer(self.path, self.precision)
-    self._lm = None
+    if self.precision == "program":  # the chip's logits and its own greedy generation
+      self._emu = emulate.Emulator(bundle_io.load(suite.program_dir(self.path)))
+      self._score = suite.program_scorer(self._emu)
+    else:
+      self._lm = load(self.path, self.precision)
+      self._score = self._lm.loglikelihood
 
   @property
   def eot_token_id(self) -> int:
@@ -107,13 +111,10 @@ class MMfreeLM(TemplateLM):
 
   def _generate(self, prompt: list[int], n: int, temperature: float) -> list[int]:
     prompt = prompt[-self.max_length :] or [self.eot_token_id]
-    if self.precision == "program":  # the chip's own greedy generation
+    if self.precision == "program":
       if temperature > 0:
         raise ValueError("precision=program generates greedily: drop do_sample")
-      emu = emulate.Emulator(bundle_io.load(suite.program_dir(self.path)))
-      return emu.run([prompt], n).new[0].tolist()
-    if self._lm is None:
-      self._lm = load(self.path, self.precision)
+      return self._emu.run([prompt], n).new[0].tolist()
     return self._lm.generate(np.asarray(prompt), n, temperature=temperature).tolist()
 
 

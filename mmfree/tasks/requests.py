@@ -9,6 +9,7 @@ replaced by one prefix token (eos), unless the continuation starts with it.
 
 from collections.abc import Sequence
 
+from mmfree.data.tokenizers import BYTE_FILE, HF_FILE, SP_FILE
 from mmfree.tasks.docs import Doc
 
 Pair = tuple[tuple[int, ...], tuple[int, ...]]  # (context ids, continuation ids)
@@ -39,8 +40,8 @@ def encode_docs(tokenizer, docs: Sequence[Doc]) -> list[list[Pair]]:
   """Every doc's pairs as token ids, [doc][pair]."""
   if tokenizer is None:
     raise ValueError(
-      "the model has no tokenizer files (tokenizer.model, tokenizer.json or tokenizer_bpe.json): "
-      "tasks are text; load a model with its tokenizer"
+      f"the model has no tokenizer files ({SP_FILE}, {HF_FILE} or {BYTE_FILE}): tasks are "
+      "text; load a model with its tokenizer"
     )
   p = prefix_id(tokenizer)
   return [[encode_pair(tokenizer.encode, c, x, p) for c, x in d.pairs] for d in docs]

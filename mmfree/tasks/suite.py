@@ -47,9 +47,8 @@ def program_dir(model_dir: Path) -> Path:
   return bundle
 
 
-def program_scorer(bundle: Path) -> Scorer:
-  """Scores the emulator's logits of `bundle`, token by token as the chip runs."""
-  emu = emulate.Emulator(bundle_io.load(bundle))
+def program_scorer(emu: emulate.Emulator) -> Scorer:
+  """Scores the emulator's logits of its program, token by token as the chip runs."""
 
   def score(tokens_BxT, targets_BxT, mask_BxT):
     # a batch's matmuls are small (rows × one population): BLAS threads only contend (13× slower
@@ -65,7 +64,7 @@ def program_scorer(bundle: Path) -> Scorer:
 
 def scorer(model_dir: Path, precision: str) -> Scorer:
   if precision == "program":
-    return program_scorer(program_dir(model_dir))
+    return program_scorer(emulate.Emulator(bundle_io.load(program_dir(model_dir))))
   return load(model_dir, precision).loglikelihood
 
 
