@@ -1,6 +1,7 @@
 """The notebooks run end to end on a measured sweep and write their figures."""
 
 import shutil
+import sys
 from pathlib import Path
 
 import nbformat
@@ -10,8 +11,11 @@ from nbclient import NotebookClient
 from mmfree.cli import main
 from mmfree.core.files import CONFIG
 
+sys.path.insert(0, str(Path(__file__).parent))  # the lava-nc wheel owns the name `tests`
+import shared_data  # noqa: E402
+
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
-SHARED_EVAL = Path(__file__).parent.parent.parent / "shared" / "data" / "eval"
+SHARED_EVAL = shared_data.EVAL
 
 
 def execute(name: str, sweep: Path, tmp_path: Path, monkeypatch) -> tuple[str, Path]:
