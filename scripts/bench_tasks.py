@@ -4,9 +4,9 @@
       [--limit 200] [--precisions bitnet,hw] [--batch 16]
 
 For each precision: the forward pass of `mmfree eval` (next-token loss on [batch, 128] windows,
-compiled first), then `mmfree eval --tasks`'s scoring of the same tasks twice, cold (bucket
-compilations included) and warm. Prints examples/s, tokens/s of the requests (padding left out),
-the padded share, and warm task tokens/s over forward-pass tokens/s.
+compiled first), then `mmfree eval --tasks`'s scoring of the same tasks twice with one
+scorer, cold (its compilation included) and warm. Prints examples/s, tokens/s of the requests
+(padding left out), the padded share, and warm task tokens/s over forward-pass tokens/s.
 """
 
 import argparse
@@ -47,8 +47,9 @@ def main():
   print("|---|---:|---:|---:|---:|---:|---:|---:|")
   for precision in a.precisions.split(","):
     fwd = forward_tokens_per_s(load(a.run, precision), a.batch, 128)
-    cold = suite.score_precision(a.run, precision, loaded, encoded, a.batch, 2048, False)
-    warm = suite.score_precision(a.run, precision, loaded, encoded, a.batch, 2048, False)
+    score = suite.scorer(a.run, precision)
+    cold = suite.score_precision(a.run, precision, loaded, encoded, a.batch, 2048, False, score)
+    warm = suite.score_precision(a.run, precision, loaded, encoded, a.batch, 2048, False, score)
     t = warm["throughput"]
     padded = 1 - t["tokens"] / t["padded_tokens"]
     print(f"| {precision} | {fwd:,.0f} | {cold['throughput']['seconds']:.1f} | "

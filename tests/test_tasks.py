@@ -1,5 +1,5 @@
 """Zero-shot tasks: scores computed by hand from `lm.logits`, lm-eval's own tokenization and
-preprocessing, the JSONL layouts and their errors, metrics and length buckets."""
+preprocessing, the JSONL layouts and their errors, metrics, padding and chunks."""
 
 import hashlib
 import importlib.util
@@ -20,7 +20,7 @@ from lm_eval.api import metrics as lm_metrics
 from lm_eval.api.instance import Instance
 from lm_eval.api.model import TemplateLM
 
-from mmfree.algorithms.load import LanguageModel
+from mmfree.algorithms.load import SCORE_CHUNK, LanguageModel
 from mmfree.data.tokenizers import ByteTokenizer, SentencePieceTokenizer, train_bpe
 from mmfree.models import MMfreeLM, preset
 from mmfree.tasks import docs, metrics, requests, score
@@ -97,7 +97,7 @@ def hand_score(lm, ctx_ids, cont_ids, max_len=None):
 
 
 def three_docs():
-  """Three examples; their sequences have two lengths (11 and 14 tokens), one bucket (16)."""
+  """Three examples; their sequences have two lengths (11 and 14 tokens), one chunk."""
   # 1. multiple choice with lm-eval's target_delimiter "": the continuation starts mid-word, so
   #    its first characters merge with the context's last token.
   ctx = "The quick brown fox jumps over the la"
@@ -552,22 +552,25 @@ def test_choice_aggregate_and_paired_diff():
   assert mean == 0.5 and se == pytest.approx(lm_metrics.mean_stderr([1, 0, 0, 1]))
 
 
-# -- length buckets -------------------------------------------------------------------------------
+# -- padding and chunks ---------------------------------------------------------------------------
 
 
 @given(st.integers(1, 5000))
-def test_bucket_bounds(n):
-  b = score.bucket(n)
-  assert b >= n and b >= 16 and b % 8 == 0
-  assert score.bucket(n + 1) >= b  # monotone
-  if n > 16:  # 2^k·{1, 1.25, 1.5, 1.75}: at most 25% more, then up to a multiple of 8
-    assert b <= 8 * math.ceil(1.25 * n / 8)
-  if n >= 32:  # there every bucket is a multiple of 8 already
-    assert b <= 1.25 * n
+def test_padded_length(n):
+  T = score.padded_length(n)
+  assert T % SCORE_CHUNK == 0 and n <= T < n + SCORE_CHUNK
 
 
-def test_bucket_values():
-  assert [score.bucket(n) for n in (1, 16, 17, 24, 25, 32, 33, 40, 41, 48, 56, 57, 64, 65)] == [
-    16, 16, 24, 24, 32, 32, 40, 40, 48, 48, 56, 64, 64, 80]  # fmt: skip
-  octaves = {int(2**k * f) for k in range(5, 12) for f in (1.25, 1.5, 1.75, 2)}  # four each
-  assert {score.bucket(n) for n in range(1, 4097)} == {16, 24, 32} | octaves
+def test_scores_across_chunks_equal_one_unchunked_pass(lm, bpe):
+  """A request longer than two chunks, its continuation straddling a chunk boundary: the state
+  carried between chunks gives the scores of one `lm.logits` call over the whole sequence."""
+  ids = tuple(bpe.encode(" ".join(TEXTS[:10])))
+  pair = ids[: 3 * SCORE_CHUNK - 5], ids[3 * SCORE_CHUNK - 5 : 3 * SCORE_CHUNK + 5]
+  n = len(pair[0]) + len(pair[1]) - 1  # scored at n - 10 .. n - 1, across the third boundary
+  assert len(ids) >= 3 * SCORE_CHUNK + 5 and n == 3 * SCORE_CHUNK + 4
+  short = tuple(map(tuple, lm_eval_pair(bpe.encode, TEXTS[0], " " + TEXTS[1])))
+  ll, greedy, stats = score.loglikelihoods(lm.loglikelihood, [pair, short], batch=2)
+  expected = [hand_score(lm, list(a), list(b)) for a, b in (pair, short)]
+  np.testing.assert_allclose(ll, [e[0] for e in expected], rtol=1e-4)
+  np.testing.assert_array_equal(greedy, [e[1] for e in expected])
+  assert stats["padded_tokens"] == 2 * score.padded_length(n)

@@ -1,7 +1,7 @@
 """`mmfree.load(path)`: a run directory or a Hugging Face checkpoint → a model to query."""
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import jax
@@ -24,14 +24,39 @@ def _sampler(temperature: float, top_k: int | None, top_p: float | None):
   return jax.jit(functools.partial(sample, temperature=temperature, top_k=top_k, top_p=top_p))
 
 
+SCORE_CHUNK = 32  # tokens a scorer reads per call: one compiled shape for every length
+
+
 @jax.jit
 def continuation_scores(logits_BxTxV, targets_BxT, mask_BxT):
-  """(summed log-probability [B] of `targets` where `mask`, whether each was the argmax [B]):
-  the one function every precision's logits are scored by, so equal logits score equally."""
+  """(summed log-probability [B] of `targets` where `mask`, whether each was the argmax [B])."""
   logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
   logp_BxT = jnp.take_along_axis(logp_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
   hit_BxT = jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT
   return jnp.sum(jnp.where(mask_BxT, logp_BxT, 0.0), -1), jnp.all(hit_BxT | ~mask_BxT, -1)
+
+
+def chunk_scores(logits_chunks: Iterable, targets_BxT, mask_BxT) -> tuple[np.ndarray, np.ndarray]:
+  """`continuation_scores` summed over `logits_chunks` (each [B, SCORE_CHUNK, V], in order):
+  the one function every precision's logits are scored by, chunk by chunk in the same order, so
+  equal logits score equally (the `hw` model and the program)."""
+  targets_BxT, mask_BxT = np.asarray(targets_BxT), np.asarray(mask_BxT)
+  if targets_BxT.shape[1] % SCORE_CHUNK:
+    raise ValueError(f"targets_BxT: length {targets_BxT.shape[1]} is not a multiple of "
+                     f"SCORE_CHUNK={SCORE_CHUNK}; pad it on the right with mask False")  # fmt: skip
+  ll_B, greedy_B = 0.0, True
+  starts = range(0, targets_BxT.shape[1], SCORE_CHUNK)
+  for s, logits_BxCxV in zip(starts, logits_chunks, strict=True):
+    cut = slice(s, s + SCORE_CHUNK)
+    l_B, g_B = continuation_scores(logits_BxCxV, targets_BxT[:, cut], mask_BxT[:, cut])
+    ll_B, greedy_B = ll_B + l_B, greedy_B & g_B
+  return np.asarray(ll_B), np.asarray(greedy_B)
+
+
+def pad_to_chunk(x_BxT: np.ndarray) -> np.ndarray:
+  """`x_BxT` padded on the right with zeros to a multiple of SCORE_CHUNK."""
+  x_BxT = np.asarray(x_BxT)
+  return np.pad(x_BxT, ((0, 0), (0, -x_BxT.shape[1] % SCORE_CHUNK)))
 
 
 class LanguageModel:
@@ -79,13 +104,19 @@ class LanguageModel:
     return np.asarray(logits_BxTxV, np.float32)
 
   def loglikelihood(self, tokens_BxT, targets_BxT, mask_BxT) -> tuple[np.ndarray, np.ndarray]:
-    """`continuation_scores` of the model's logits on `tokens_BxT`: (log-likelihood [B] of the
-    targets where `mask`, whether each target was the greedy choice [B])."""
-    tokens_BxT = self._check_tokens(tokens_BxT, "tokens_BxT")
-    logits_BxTxV, _ = self._forward(self._state, tokens_BxT, self._init_state(len(tokens_BxT)))
-    targets_BxT, mask_BxT = jnp.asarray(targets_BxT), jnp.asarray(mask_BxT)
-    ll_B, greedy_B = continuation_scores(logits_BxTxV, targets_BxT, mask_BxT)
-    return np.asarray(ll_B), np.asarray(greedy_B)
+    """(log-likelihood [B] of the targets where `mask`, whether each target was the greedy
+    choice [B]) on `tokens_BxT`, read SCORE_CHUNK tokens at a time with the recurrent state
+    carried between chunks: one compilation for every length."""
+    tokens_BxT = pad_to_chunk(self._check_tokens(tokens_BxT, "tokens_BxT"))
+    return chunk_scores(self._logit_chunks(tokens_BxT), pad_to_chunk(targets_BxT),
+                        pad_to_chunk(mask_BxT))  # fmt: skip
+
+  def _logit_chunks(self, tokens_BxT) -> Iterator[jax.Array]:
+    h_LxBxD = self._init_state(len(tokens_BxT))
+    for s in range(0, tokens_BxT.shape[1], SCORE_CHUNK):
+      logits_BxCxV, h_LxBxD = self._forward(self._state, tokens_BxT[:, s : s + SCORE_CHUNK],
+                                            h_LxBxD)  # fmt: skip
+      yield logits_BxCxV
 
   def token_nll(self, tokens_BxT) -> np.ndarray:
     """Negative log-likelihood (nats) of each next token, [B, T-1]."""

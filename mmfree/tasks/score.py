@@ -1,10 +1,11 @@
-"""Log-likelihoods of continuations, in length-bucketed batches at near forward-pass speed.
+"""Log-likelihoods of continuations, in length-sorted batches at near forward-pass speed.
 
 A scorer is `score(tokens_BxT, targets_BxT, mask_BxT) -> (ll_B, greedy_B)`: the summed
 log-probability of `targets` where `mask` is set and whether each was the argmax. Requests are
 deduplicated, sorted longest first and cut into batches of `batch` rows, each padded on the right
-to a bucket length (four per octave from 32 tokens: at most 25% padding there, few compilations);
-a recurrent model reads left to right, so right padding changes no scored position.
+to a multiple of SCORE_CHUNK (the model reads a chunk per call, its state carried: one
+compilation for every length); a recurrent model reads left to right, so right padding changes
+no scored position.
 """
 
 import math
@@ -14,22 +15,17 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from mmfree.algorithms.load import SCORE_CHUNK
 from mmfree.tasks.requests import Pair
 
 MAX_LEN = 2048  # tokens a request is cut to on the left, as lm-eval's `hf` model's max_length
 Scorer = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-def bucket(n: int, smallest: int = 16) -> int:
-  """The padded length of a sequence of `n` tokens: `smallest` or the next of 2^k·{1, 1.25,
-  1.5, 1.75} (rounded up to a multiple of 8)."""
-  if n <= smallest:
-    return smallest
-  k = 2 ** math.floor(math.log2(n))
-  for f in (1, 1.25, 1.5, 1.75, 2):
-    if (b := 8 * math.ceil(k * f / 8)) >= n:
-      return b
-  raise AssertionError(n)
+def padded_length(n: int) -> int:
+  """The length a sequence of `n` tokens is padded to: the next multiple of SCORE_CHUNK, the
+  length a scorer reads per call."""
+  return SCORE_CHUNK * math.ceil(n / SCORE_CHUNK)
 
 
 def sequence(pair: Pair, max_len: int | None) -> tuple[tuple[int, ...], int]:
@@ -63,11 +59,11 @@ def loglikelihoods(score: Scorer, pairs: Sequence[Pair], batch: int = 16,
   starts = range(0, len(order), batch)
   for i in tqdm(starts, desc=desc, unit="batch", leave=False, disable=not progress):
     rows = order[i : i + batch]
-    T = bucket(len(unique[rows[0]][0]))
+    T = padded_length(len(unique[rows[0]][0]))
     tokens_BxT = np.zeros((batch, T), np.int32)
     targets_BxT = np.zeros((batch, T), np.int32)
     mask_BxT = np.zeros((batch, T), bool)
-    for b in range(batch):  # missing rows repeat the last: one shape per bucket
+    for b in range(batch):  # missing rows repeat the last: one batch shape
       p = rows[min(b, len(rows) - 1)]
       inp, n = unique[p]
       tokens_BxT[b, : len(inp)] = inp

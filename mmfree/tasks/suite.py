@@ -10,12 +10,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import jax.numpy as jnp
-import numpy as np
 import threadpoolctl
 
 from mmfree.algorithms import lower
-from mmfree.algorithms.load import continuation_scores, load
+from mmfree.algorithms.load import SCORE_CHUNK, chunk_scores, load
 from mmfree.core import digest, files
 from mmfree.core.files import PROGRAM, read_json
 from mmfree.data.tokenizers import load_tokenizer
@@ -55,9 +53,10 @@ def program_scorer(emu: emulate.Emulator) -> Scorer:
     # at 16 rows measured on 2 cores beside JAX's threads)
     with threadpoolctl.threadpool_limits(1, user_api="blas"):
       logits_BxTxV = emu.run(tokens_BxT).logits
-    ll_B, greedy_B = continuation_scores(jnp.asarray(logits_BxTxV), jnp.asarray(targets_BxT),
-                                         jnp.asarray(mask_BxT))  # fmt: skip
-    return np.asarray(ll_B), np.asarray(greedy_B)
+    chunks = (
+      logits_BxTxV[:, s : s + SCORE_CHUNK] for s in range(0, len(logits_BxTxV[0]), SCORE_CHUNK)
+    )
+    return chunk_scores(chunks, targets_BxT, mask_BxT)
 
   return score
 
@@ -81,11 +80,13 @@ def inputs(model_dir: Path, precision: str, sources: dict, settings: dict) -> di
 
 
 def score_precision(model_dir: Path, precision: str, loaded: dict, encoded: dict, batch: int,
-                    max_len: int | None, progress: bool) -> dict:  # fmt: skip
+                    max_len: int | None, progress: bool,
+                    score: Scorer | None = None) -> dict:  # fmt: skip
   """{"metrics": {task: ...}, "examples": {task: per-example scores}, "throughput"} of one
-  precision: every task's requests scored in one length-bucketed pass."""
+  precision: every task's requests scored in one length-sorted pass (by `score`, already
+  loaded and compiled, or loaded here)."""
   t0 = time.perf_counter()
-  score = scorer(model_dir, precision)
+  score = score or scorer(model_dir, precision)
   pairs = [p for n in loaded for doc_pairs in encoded[n] for p in doc_pairs]
   ll, greedy, stats = loglikelihoods(score, pairs, batch, max_len, progress, f"tasks {precision}")
   out, i = {"metrics": {}, "examples": {}}, 0
