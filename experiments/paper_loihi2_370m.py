@@ -140,7 +140,9 @@ def report(run_dir: Path) -> str:
     "",
     f"Energy per generated token: static {e['static_generation']:.3g} mJ "
     f"({m['resources']['chips']} chips), dynamic {e['dynamic']:.3g} mJ (synops {e['synops']:.3g}, "
-    f"messages {e['messages']:.3g}, inter-chip {e['interchip']:.3g}, updates {e['updates']:.3g}).",
+    f"messages {e['messages']:.3g}, inter-chip {e['interchip']:.3g}, updates {e['updates']:.3g}), "
+    f"idle updates {e['idle_generation']:.3g} mJ; host {m['host']['ms_per_token']:.3g} ms a "
+    "token, outside the power boundary.",
     f"Constants: {m['constants_file'] or 'mmfree.loihi.hardware.DEFAULT (sourced, unfitted)'}.",
     "",
     "Sequence scaling: Loihi 2's cost per generated token does not depend on the context (the "

@@ -11,8 +11,10 @@ from mmfree.loihi import program as pg
 # Round constants, so every figure below can be computed by hand.
 UNIT = {
   "time": {"synop": 1, "update": 10, "message": 100, "barrier": 1000, "barrier_hop": 10_000,
-           "interchip": 100_000, "host": 0},
-  "energy": {"synop": 1, "update": 2, "message": 3, "interchip": 4, "static": 5},
+           "interchip": 100_000, "host": 0, "idle": 0},
+  "energy": {"synop": 1, "update": 2, "message": 3, "interchip": 4, "static": 5, "idle": 0,
+             "host": 0},
+  "formats.header_bits": 8,  # 8-bit spikes: a message moves twice a header-only one
   "core.neurons": 3,  # a: cores [0, 3) [3, 4); b: [0, 3) [3, 6)
   "chip.cores": 2,  # a on chip 0, b on chip 1
 }  # fmt: skip
@@ -52,13 +54,13 @@ def test_hand_computed_prediction():
   np.testing.assert_allclose(w.work["synops"], [3, 1, 10, 10])  # a: by neurons (host fan-in)
   r = cost.predict(w, HW, prompts=(1, 3))
   barrier = 1000 + 1 * 10_000  # two chips: one hop
-  level_a = (3 * 1 + 3 * 10 + 4.5 * 100) + 6 * 100_000 + barrier  # busiest core, chip 0's link
+  level_a = (3 * 1 + 3 * 10 + 2 * 4.5 * 100) + 2 * 6 * 100_000 + barrier  # busiest core, link
   level_b = (10 * 1 + 3 * 10) + barrier
   gen = level_a + level_b
   assert r["generation"]["ms_per_token"] == pytest.approx(1e3 * gen)
   assert r["generation"]["timesteps_per_token"] == 2
   assert r["prefill"]["us_per_timestep"] == pytest.approx(1e6 * level_a)  # a's core is busiest
-  dynamic = 24 * 1 + 10 * 2 + 6 * 3 + 6 * 4  # synops, updates, routed, inter-chip per token
+  dynamic = 24 * 1 + 10 * 2 + 2 * 6 * 3 + 2 * 6 * 4  # synops, updates, routed, inter-chip
   assert r["energy_mj_per_token"]["dynamic"] == pytest.approx(1e3 * dynamic)
   assert r["generation"]["mj_per_token"] == pytest.approx(1e3 * (dynamic + 5 * 2 * gen))
   assert r["prefill"]["mj_per_token"] == pytest.approx(1e3 * (dynamic + 5 * 2 * level_a))
@@ -78,7 +80,7 @@ def test_energy_moves_with_activity_alone():
   r = cost.predict(_workload(more), HW)
   d = r["energy_mj_per_token"]
   assert d["dynamic"] - base["energy_mj_per_token"]["dynamic"] == pytest.approx(
-    1e3 * (4 * 3 + 4 * 4)  # each routed to 2 cores, across the chip boundary
+    1e3 * 2 * (4 * 3 + 4 * 4)  # each routed to 2 cores, across the chip boundary, 2 headers
   )
   assert r["generation"]["mj_per_token"] > base["generation"]["mj_per_token"]
   silent = {k: dict.fromkeys(v, 0) for k, v in ACTIVITY.items()}
@@ -101,19 +103,47 @@ def test_mesh_hops(chips, hops):
   assert cost.mesh_hops(chips) == hops
 
 
-def test_default_constants_have_sources_and_derivations():
+def test_idle_updates_width_and_host():
+  """Idle neurons slow a timestep and cost energy; wider spikes cost more; the host apart."""
+  hw = hardware.replace(HW, {"time": {"idle": 1000, "host": 0.5}, "energy": {"idle": 7, "host": 3}})
+  base, r = cost.predict(_workload(), HW), cost.predict(_workload(), hw)
+  # generation: 2 levels, each core's 3 or 1 (a) / 3 and 3 (b) neurons idle in the other level
+  assert r["energy_mj_per_token"]["idle_generation"] == pytest.approx(1e3 * 10 * 1 * 7)
+  # each level's timestep: the longest of its busiest working core and the others' idle time
+  # (3 neurons · 1000 s on a's first and both of b's cores), plus link and barrier
+  links_barrier = 2 * 6 * 100_000 + 11_000
+  level_a = max(3 * 1 + 3 * 10 + 2 * 4.5 * 100, 3 * 1000) + links_barrier
+  level_b = max(10 * 1 + 3 * 10, 3 * 1000) + 11_000
+  gen = level_a + level_b
+  assert r["generation"]["ms_per_token"] == pytest.approx(1e3 * (gen + 0.5))
+  assert r["host"] == {"ms_per_token": 500.0, "mj_per_token": 1500.0,
+                       "share_of_generation_time": pytest.approx(0.5 / (gen + 0.5))}  # fmt: skip
+  assert r["prefill"] == {**base["prefill"]}  # every level busy: nobody idles
+  wide = hardware.replace(HW, {"formats.header_bits": 4})  # 8-bit payload: 3 headers, not 2
+  d0, d1 = base["energy_mj_per_token"], cost.predict(_workload(), wide)["energy_mj_per_token"]
+  assert d1["messages"] == pytest.approx(1.5 * d0["messages"])
+  assert d1["interchip"] == pytest.approx(1.5 * d0["interchip"])
+
+
+def test_default_constants_have_sources_tiers_and_the_system_ceiling():
   c = hardware.constants()
   assert c["time.synop"].value == pytest.approx(140_544 / 380e12)  # Hala Point per core
   assert c["time.update"].value == pytest.approx(140_544 / 240e12)
-  # Hala Point's 2,600 W at both peak rates, split 23.6 : 81 (Loihi 1) between the two kinds
-  e_s, e_n = c["energy.synop"].value, c["energy.update"].value
-  assert 380e12 * e_s + 240e12 * e_n == pytest.approx(2600)
-  assert e_n / e_s == pytest.approx(81 / 23.6)
-  for name in ("time", "energy"):
-    group = [k for k in c if k.startswith(name + ".")]
-    assert group and all(c[k].source for k in group)
-  labelled = [k for k in c if "assumption" in c[k].source or "Loihi 1 fallback" in c[k].source]
-  assert {"energy.static", "energy.interchip", "time.barrier", "time.host"} <= set(labelled)
+  # Hala Point's ceiling: dynamic energy at both peak rates plus every chip's static power stays
+  # within its 2,600 W maximum (the per-operation energies exclude static power).
+  e_s, e_n, static = c["energy.synop"].value, c["energy.update"].value, c["energy.static"].value
+  assert 380e12 * e_s + 240e12 * e_n + 1152 * static <= 2600 * (1 + 1e-9)
+  assert e_n / e_s == pytest.approx(81 / 23.6)  # Loihi 1's proportions
+  assert 0.2118 <= static <= 0.2148  # the measured Loihi 2 board's range
+  assert c["time.barrier"].value == pytest.approx(1.164e-6)  # measured empty timesteps
+  for k, v in c.items():
+    assert v.source and v.tier in hardware.TIERS and v.tier not in ("override", "fitted"), k
+  tiers = {k: v.tier for k, v in c.items()}
+  assert tiers["energy.static"] == tiers["time.barrier"] == "measured"
+  assert {tiers[k] for k in ("energy.interchip", "time.host", "energy.host")} == {"assumption"}
+  assert tiers["time.barrier_hop"] == tiers["time.message"] == "loihi1"
+  # Loihi 1's simulated 23.6 pJ per synop alone would break the ceiling at Hala Point's rate.
+  assert 380e12 * 23.6e-12 > 2600
 
 
 def test_toml_constants_file(tmp_path):

@@ -7,13 +7,20 @@ The model (spec/loihi2.md, "The cost model"; constants in `hardware.py`):
   activity is even over a population's neurons).
 - A message is routed once to every core holding one of its targets; those on other chips also
   cross a chip link.
+- A message of a b-bit graded spike moves header + b bits: its time and energy are a header-only
+  spike's times (1 + b / header_bits), on chip and across chip links.
 - A core's work per token: synops·t_synop + updates·t_update + routed messages·t_message. A
-  timestep lasts as long as its busiest core, plus its busiest chip link, plus the barrier (within
-  a chip, plus a hop time per chip-to-chip hop across the system's near-square mesh).
+  timestep lasts as long as its busiest core, plus its busiest chip link, plus the barrier (the
+  measured timestep floor, plus a hop time per chip-to-chip hop across the near-square mesh).
+- Idle updates: in a timestep where a neuron has no input it still updates, at the idle cost
+  (time per neuron on its core, energy per neuron). In generation a token passes one level per
+  timestep, so every neuron idles in every level but its own; in prefill every level is busy.
 - Generation: a token passes the pipeline alone, one timestep per depth level, each as long as that
   level's busiest core; then the host samples. Prefill streams a token per timestep once the
   pipeline is full, every level busy at once. TTFT(P) = (P - 1) prefill timesteps + one pass.
-- Energy per token: Σ activity × energy per operation, plus static power × chips × time per token.
+- Energy per token: Σ activity × energy per operation, idle updates, plus static power × chips ×
+  time per token. The host's work (embedding lookup, sampling) has its own time and power,
+  reported apart: Intel's benchmarks leave the host outside the power boundary.
 """
 
 import dataclasses
@@ -38,8 +45,10 @@ class Workload:
   depth: tuple  # timesteps after the host, per population
   core_population: np.ndarray  # [C] index into populations
   core_chip: np.ndarray  # [C]
+  core_neurons: np.ndarray  # [C]
   work: dict  # KINDS name -> float64 [C], per token
   messages: np.ndarray  # [P] graded spikes sent per token, per population (before routing)
+  message_bits: tuple  # payload bits of each population's graded spikes
   neurons: int
   synapses: int  # non-zero ternary weights on chip
   dense_synops: int  # per token, were every weight and message non-zero
@@ -53,7 +62,7 @@ class Workload:
   def to_json(self) -> dict:
     d = dataclasses.asdict(self)
     d["work"] = {k: v.tolist() for k, v in self.work.items()}
-    for k in ("core_population", "core_chip", "messages"):
+    for k in ("core_population", "core_chip", "core_neurons", "messages"):
       d[k] = d[k].tolist()
     return d
 
@@ -64,8 +73,8 @@ class Workload:
     if missing:
       raise ValueError(f"workload: missing {missing}: rerun `mmfree measure` to rewrite it")
     d = {**d, "work": {k: np.asarray(d["work"][k], np.float64) for k in KINDS}}
-    d |= {k: tuple(d[k]) for k in ("populations", "layers", "depth")}
-    d |= {k: np.asarray(d[k], np.int64) for k in ("core_population", "core_chip")}
+    d |= {k: tuple(d[k]) for k in ("populations", "layers", "depth", "message_bits")}
+    d |= {k: np.asarray(d[k], np.int64) for k in ("core_population", "core_chip", "core_neurons")}
     return cls(**{**d, "messages": np.asarray(d["messages"], np.float64)})
 
 
@@ -97,6 +106,7 @@ def workload(program: Program, mapping: Mapping, activity: dict, tokens: int) ->
     depth=tuple(depth[n] for n in names),
     core_population=pop_C,
     core_chip=chip_C,
+    core_neurons=neurons_C.astype(np.int64),
     work={
       "synops": per_token["synops"][pop_C] * syn_share,
       "updates": per_token["updates"][pop_C] * neuron_share,
@@ -104,6 +114,7 @@ def workload(program: Program, mapping: Mapping, activity: dict, tokens: int) ->
       "interchip": sent_C * off_chip,
     },
     messages=per_token["messages"],
+    message_bits=tuple(q.out_bits for q in program.populations),
     neurons=t["neurons"],
     synapses=t["synapses"],
     dense_synops=sum(  # a skip connection is one add per neuron, not an n × n product
@@ -137,19 +148,28 @@ def mesh_hops(chips: int) -> int:
   return (a - 1) + (math.ceil(chips / a) - 1)
 
 
+def _widths(w: Workload, hw: hardware.Hardware) -> np.ndarray:
+  """[C]: each core's messages cost a header-only spike's times (1 + payload / header)."""
+  return (
+    1 + np.asarray(w.message_bits, np.float64)[w.core_population] / hw.formats.header_bits.value
+  )
+
+
 def _core_seconds(w: Workload, hw: hardware.Hardware) -> np.ndarray:
   t = hw.time
   work = w.work
   return (work["synops"] * t.synop.value + work["updates"] * t.update.value
-          + work["routed"] * t.message.value)  # fmt: skip
+          + work["routed"] * _widths(w, hw) * t.message.value)  # fmt: skip
 
 
 def _step_seconds(w: Workload, hw: hardware.Hardware, cores: np.ndarray, core_s: np.ndarray):
-  """One timestep in which `cores` (a mask) work: busiest core + busiest chip link + barrier."""
+  """One timestep in which `cores` (a mask) work and the others idle: busiest core + busiest
+  chip link + barrier."""
   links = np.zeros(w.chips)
-  np.add.at(links, w.core_chip[cores], w.work["interchip"][cores])
+  np.add.at(links, w.core_chip[cores], (w.work["interchip"] * _widths(w, hw))[cores])
   barrier = hw.time.barrier.value + mesh_hops(w.chips) * hw.time.barrier_hop.value
-  busiest = core_s[cores].max(initial=0.0)
+  idle_C = w.core_neurons * hw.time.idle.value
+  busiest = max(core_s[cores].max(initial=0.0), idle_C[~cores].max(initial=0.0))
   return busiest + links.max() * hw.time.interchip.value + barrier
 
 
@@ -159,18 +179,22 @@ def predict(w: Workload, hw: hardware.Hardware = hardware.DEFAULT, prompts=PROMP
   depth_C = np.asarray(w.depth)[w.core_population]
   levels = sorted(set(w.depth))
   level_s = {d: float(_step_seconds(w, hw, depth_C == d, core_s)) for d in levels}
-  gen_s = sum(level_s.values()) + hw.time.host.value
+  host_s = hw.time.host.value
+  gen_s = sum(level_s.values()) + host_s
   prefill_s = float(_step_seconds(w, hw, np.ones(len(core_s), bool), core_s))
   joules_C = _core_joules(w, hw)
   dynamic = {k: float(v.sum()) for k, v in joules_C.items()}
+  # every neuron idles in every generation timestep but its own level's
+  idle_j = float(w.core_neurons.sum()) * (len(levels) - 1) * hw.energy.idle.value
   static_w = hw.energy.static.value * w.chips
   dyn_j = sum(dynamic.values())
-  pass_s = gen_s - hw.time.host.value
+  pass_s = gen_s - host_s
+  host_mj = 1e3 * hw.energy.host.value * host_s
   return {
     "generation": {
       "tokens_per_s": 1 / gen_s,
       "ms_per_token": 1e3 * gen_s,
-      "mj_per_token": 1e3 * (dyn_j + static_w * gen_s),
+      "mj_per_token": 1e3 * (dyn_j + idle_j + static_w * gen_s),
       "timesteps_per_token": len(levels),
     },
     "prefill": {
@@ -181,11 +205,17 @@ def predict(w: Workload, hw: hardware.Hardware = hardware.DEFAULT, prompts=PROMP
     "energy_mj_per_token": {
       **{k: 1e3 * v for k, v in dynamic.items()},
       "dynamic": 1e3 * dyn_j,
+      "idle_generation": 1e3 * idle_j,
       "static_generation": 1e3 * static_w * gen_s,
       "static_prefill": 1e3 * static_w * prefill_s,
     },
+    "host": {
+      "ms_per_token": 1e3 * host_s,
+      "mj_per_token": host_mj,
+      "share_of_generation_time": host_s / gen_s,
+    },  # fmt: skip
     "ttft_ms": {
-      str(p): 1e3 * ((p - 1) * prefill_s + pass_s + hw.time.host.value) for p in prompts
+      str(p): 1e3 * ((p - 1) * prefill_s + pass_s + host_s) for p in prompts
     },  # fmt: skip
     "neurobench": neurobench(w),
     "resources": {
@@ -218,8 +248,8 @@ def _core_joules(w: Workload, hw: hardware.Hardware) -> dict:
   return {
     "synops": w.work["synops"] * e.synop.value,
     "updates": w.work["updates"] * e.update.value,
-    "messages": w.work["routed"] * e.message.value,
-    "interchip": w.work["interchip"] * e.interchip.value,
+    "messages": w.work["routed"] * _widths(w, hw) * e.message.value,
+    "interchip": w.work["interchip"] * _widths(w, hw) * e.interchip.value,
   }
 
 

@@ -121,10 +121,13 @@ def table(r: dict) -> str:
     ("prefill", f"{p['tokens_per_s']:,.0f} tokens/s", f"{p['mj_per_token']:.4g} mJ/token",
      f"{p['us_per_timestep']:.3g} us/timestep"),
     ("TTFT, 500-token prompt", f"{r['ttft_ms']['500']:.3g} ms", "", ""),
-    ("energy per token", f"dynamic {e['dynamic']:.3g} mJ",
+    ("energy per token", f"dynamic {e['dynamic']:.3g} mJ, idle {e['idle_generation']:.3g} mJ",
      f"static {e['static_generation']:.3g} mJ (generation)",
      f"synops {e['synops']:.3g}, updates {e['updates']:.3g}, messages {e['messages']:.3g}, "
      f"inter-chip {e['interchip']:.3g} mJ"),
+    ("host per token", f"{r['host']['ms_per_token']:.3g} ms",
+     f"{r['host']['mj_per_token']:.3g} mJ (outside the chip's power boundary)",
+     f"{r['host']['share_of_generation_time']:.1%} of generation time"),
     ("activity per token", f"{n['synops_per_token']:,.0f} synops",
      f"{n['messages_per_token']:,.0f} messages",
      f"activation sparsity {n['activation_sparsity']:.1%}; dense synops "
