@@ -20,7 +20,7 @@ from mmfree.core import digest, files
 from mmfree.core.experiment import RUNTIME_MODEL_FIELDS, Experiment
 from mmfree.core.files import read_json, write_json
 from mmfree.data import sources
-from mmfree.loihi import backend, bundle_io, program
+from mmfree.loihi import backend, bundle_io, mapping, program
 from mmfree.loihi import measure as measuring
 from mmfree.quant import calibrate
 from mmfree.store import checkpoint
@@ -225,6 +225,8 @@ def measure_inputs(exp: Experiment, run_dir: Path) -> dict:
       "backend": c.backend,
       "measure_tokens": c.measure_tokens,
       "new_tokens": c.new_tokens,
+      "weights": c.weights,
+      "placement": c.placement,
     },  # fmt: skip
     "constants": constants,
     "data": evaluate.data_id(data_config(exp), run_dir),
@@ -238,7 +240,7 @@ def stage_measure(exp: Experiment, run_dir: Path):
     return
   tokens = held_out(exp, run_dir, c.measure_tokens)
   r = measuring.measure(run_dir / files.PROGRAM, tokens, c.new_tokens, c.constants or None,
-                        backend=c.backend)  # fmt: skip
+                        mapping.Placement(c.weights, c.placement), backend=c.backend)  # fmt: skip
   write_json(run_dir / files.MEASURE, {"inputs": wanted, "loihi": dataclasses.asdict(c), **r})
   print(measuring.table(r))
 

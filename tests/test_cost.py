@@ -1,11 +1,12 @@
-"""The Loihi 2 cost model against hand-computed figures; energy follows activity; the fit."""
+"""The Loihi 2 cost model against hand-computed figures; energy follows activity (the fit of its
+constants: test_fit.py)."""
 
 import json
 
 import numpy as np
 import pytest
 
-from mmfree.loihi import cost, fit, hardware, mapping
+from mmfree.loihi import cost, hardware, mapping
 from mmfree.loihi import program as pg
 
 # Round constants, so every figure below can be computed by hand.
@@ -90,6 +91,17 @@ def test_energy_moves_with_activity_alone():
   assert r0["generation"]["mj_per_token"] == pytest.approx(1e3 * 5 * 2 * barriers)
 
 
+def test_dense_groups_process_their_zero_weights():
+  """A dense group charges every stored weight of a sending source, zeros included."""
+  p = _program()
+  p.arrays["ab"][:, :3] = 0  # half of a→b's weights zero: still dense at 2 bits
+  m = mapping.place(p, HW)
+  assert m.encodings["ab"] == "dense"
+  w = cost.workload(p, m, ACTIVITY, tokens=2)
+  # b's counted 20 synops a token, plus 3 messages of a, each meeting 6 − 12/4 zero weights
+  assert w.work["synops"][2:].sum() == pytest.approx(20 + 3 * 3)
+
+
 def test_workload_json_round_trip():
   w = _workload()
   back = cost.Workload.from_json(json.loads(json.dumps(w.to_json())))
@@ -157,52 +169,3 @@ def test_toml_constants_file(tmp_path):
     hardware.load_overrides(path)
   with pytest.raises(ValueError, match="energy.static must be a non-negative number of W"):
     hardware.replace(hardware.DEFAULT, {"energy.static": -1})
-
-
-def _measured_run(tmp_path, name: str) -> tuple:
-  """A run directory whose measure.json holds the test workload; the true constants' figures."""
-  d = tmp_path / name
-  (d / "program").mkdir(parents=True)
-  (d / "config.json").write_text("{}")
-  (d / "measure.json").write_text(json.dumps({"workload": _workload().to_json()}))
-  truth = hardware.replace(HW, {"time.synop": 3.0, "energy.static": 7.0})
-  return d, cost.predict(_workload(), truth)
-
-
-def test_fit_recovers_constants_and_records_rows(tmp_path):
-  d, true = _measured_run(tmp_path, "run")
-  g, p = true["generation"], true["prefill"]
-  rows = [{"run": "run", "tokens_per_s": g["tokens_per_s"], "mj_per_token": g["mj_per_token"]},
-          {"run": "run", "phase": "prefill", "tokens_per_s": p["tokens_per_s"]}]  # fmt: skip
-  (tmp_path / "rows.json").write_text(json.dumps(rows))
-  base = tmp_path / "base.json"
-  base.write_text(json.dumps(UNIT))
-  out = tmp_path / "fitted.json"
-  table = fit.fit_file(tmp_path / "rows.json", out, base=str(base))
-  assert len(table) == 2
-  saved = json.loads(out.read_text())
-  assert saved["time.synop"]["value"] == pytest.approx(3.0, rel=1e-4)
-  assert saved["energy.static"]["value"] == pytest.approx(7.0, rel=1e-4)
-  assert saved["fit"]["rows"][0]["measured"]["tokens_per_s"] == g["tokens_per_s"]
-  hw = hardware.load_overrides(out, base=HW)  # the record is not a constant
-  got = cost.predict(_workload(), hw)["generation"]
-  assert got["mj_per_token"] == pytest.approx(g["mj_per_token"], rel=1e-4)
-  assert "fitted by `mmfree measure --fit" in hw.time.synop.source
-
-
-@pytest.mark.parametrize(
-  "rows, free, match",
-  [
-    ([{"run": "run", "tokens_per_s": 1.0}], fit.FREE, "1 measured figures cannot fix 2"),
-    ([{"run": "run", "tokens_per_s": 1.0}], ("core.memory",), r"cannot fit \['core.memory'\]"),
-    ([{"run": "run", "tokens_per_s": 1.0}], ("time.host",), "from zero"),
-    ([{"run": "nowhere", "tokens_per_s": 1.0}], fit.FREE, "run `mmfree measure"),
-    ([{"run": "run"}], fit.FREE, "needs a positive tokens_per_s"),
-    ([{"run": "run", "tokens_per_s": 1.0, "phase": "decode"}], fit.FREE, "phase 'decode'"),
-  ],
-)
-def test_fit_refuses_bad_rows(tmp_path, rows, free, match):
-  _measured_run(tmp_path, "run")
-  (tmp_path / "rows.json").write_text(json.dumps(rows))
-  with pytest.raises((ValueError, FileNotFoundError), match=match):
-    fit.fit_file(tmp_path / "rows.json", tmp_path / "out.json", free)

@@ -81,7 +81,8 @@ def test_hand_computed_placement():
     (1808, 1808),
     (52 * 2500, 52),
     (48 * 2500, 48),
-    (-(-50 * 5 * 9 // 8), 50),  # 45 bits of sparse fan-in a neuron; the gain's 8 bits of state
+    (-(-50 * (5 * 9 + 8) // 8), 50),  # 5 · (2 + 7) bits of sparse fan-in and an 8-bit row
+    # pointer (250 non-zeros) a neuron; the gain's 8 bits of state
     (20 * 50 * 2 // 8, 0),
   ]
   big = _cores(m, "big")
@@ -97,6 +98,28 @@ def test_hand_computed_placement():
   assert (t["synapses"], t["weights"]) == (nnz, weights)
   assert t["zero_share"] == pytest.approx(1 - nnz / weights)
   assert t["synapse_bytes"] == sum(s for s, _ in bytes_)
+  assert t["core_bounds"] == {"population": 5, "neurons": 1, "memory": 1}
+  assert t["chip_bounds"] == {"end": 1}
+
+
+def test_eight_bit_storage_and_block_placement():
+  """8-bit weights take 4× a ternary weight's memory in dense groups (and move sparse ones to
+  dense when that is smaller); "block" starts each block on a chip of its own."""
+  p = _program()
+  m = mapping.place(p, placement=mapping.Placement(weights="8bit"))
+  assert m.encodings["up_sparse"] == "sparse"  # 5 · (8 + 7) + 8 bits beat 100 · 8
+  assert [c.synapse_bytes for c in _cores(m, "big")] == [4 * 8192 * 8 // 8, 4 * 1808]
+  up = _cores(m, "up")  # 10,000 · 8 bits + 1 B of state a neuron: 13 a core
+  assert [c.stop - c.start for c in up][:2] == [13, 13] and len(up) == 8
+  assert {c.bound for c in up[:-1]} == {"memory"} and up[-1].bound == "population"
+  b = mapping.place(p, placement=mapping.Placement(policy="block"))
+  assert [c.chip for c in b.cores] == [0, 0, 0, 1, 1, 1, 2]  # layer 0, layer 1, model level
+  assert b.totals()["chip_bounds"] == {"block": 2, "end": 1}
+  small = hardware.replace(hardware.DEFAULT, {"chip.cores": 2})
+  t = mapping.place(p, small).totals()
+  assert t["chips"] == 4 and t["chip_bounds"] == {"cores": 3, "end": 1}
+  with pytest.raises(ValueError, match="placement weights='4bit'"):
+    mapping.Placement(weights="4bit")
 
 
 def test_skip_synapses_are_stored_but_not_ternary_weights():
@@ -124,7 +147,8 @@ def test_by_layer_sums_to_totals():
     assert sum(t[f] for t in layers.values()) == totals[f]
   report = mapping.report(m)
   assert "| 0 | 3 | 10,004 |" in report and "| model | 1 | 20 |" in report
-  assert "| **total** | 7 |" in report and "Cores: 7, chips: 1." in report
+  assert "| **total** | 7 |" in report and "Cores: 7, chips: 1 (weights stored min" in report
+  assert "Cores bound by population 5, neurons 1, memory 1; chips bound by end 1" in report
   assert "`core.memory` = 131,072 bytes" in report
 
 

@@ -45,6 +45,8 @@ class LoihiConfig:
   lm_head: str = "chip"  # chip | host
   backend: str = "emulator"  # emulator | lava (activity counted on this backend's integers)
   constants: str = ""  # a hardware constants file (JSON or TOML); "" = hardware.DEFAULT
+  weights: str = "min"  # stored weight width: min (the values' own) | 8bit (the published 370M)
+  placement: str = "pack"  # pack (fill chips in order) | block (a chip group per block)
   check_tokens: int = 64  # held-out tokens of the emulate stage's check against the `hw` model
   measure_tokens: int = 64  # held-out tokens of the measured prompt
   new_tokens: int = 8  # then greedy generation

@@ -1,7 +1,8 @@
 """Loihi 2 latency, throughput and energy of a program, from its mapping and observed activity.
 
 The model (spec/loihi2.md, "The cost model"; constants in `hardware.py`):
-- Activity per token is what the emulator or Lava counted on real tokens, per population. A
+- Activity per token is what the emulator or Lava counted on real tokens, per population, plus
+  the zero weights a dense synapse group processes for every message it receives. A
   population's cores share it: synaptic operations by their stored fan-in synapses (by neurons
   where all fan-in comes from the host), updates and messages by their neurons (assumption:
   activity is even over a population's neurons).
@@ -91,6 +92,7 @@ def workload(program: Program, mapping: Mapping, activity: dict, tokens: int) ->
   neurons_C = np.array([c.neurons for c in mapping.cores], np.float64)
   per_token = {k: np.array([activity[n][k] for n in names], np.float64) / tokens
                for k in ("synops", "messages", "updates")}  # fmt: skip
+  per_token["synops"] += _dense_zeros(program, mapping, index, per_token["messages"])
   stored_P, neurons_P = np.zeros(len(names)), np.zeros(len(names))
   np.add.at(stored_P, pop_C, stored_C)
   np.add.at(neurons_P, pop_C, neurons_C)
@@ -125,6 +127,19 @@ def workload(program: Program, mapping: Mapping, activity: dict, tokens: int) ->
     memory_bytes=t["synapse_bytes"] + t["state_bytes"],
     tokens=tokens,
   )
+
+
+def _dense_zeros(program: Program, mapping: Mapping, index: dict, messages_P) -> np.ndarray:
+  """[P] synaptic operations on zero weights per token: a dense group processes every stored
+  weight of a sending source (measured on Loihi 2: dense connections do not cull zeros), while
+  the counted activity has the non-zero ones. Each message is taken to meet its group's mean
+  row of non-zero weights (activity even over sources)."""
+  extra = np.zeros(len(index))
+  for s in program.synapses:
+    if mapping.encodings.get(s.name) == "dense":
+      zeros = s.n_out - program.nnz(s.name) / s.n_in  # per message: stored − mean non-zero
+      extra[index[s.target]] += messages_P[index[s.source]] * zeros
+  return extra
 
 
 def _destinations(program: Program, pop_C: np.ndarray, chip_C: np.ndarray):

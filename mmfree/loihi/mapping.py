@@ -1,17 +1,25 @@
 """Placement of a program's populations and their fan-in synapses on neuro-cores, then on chips.
 
 The memory model (assumptions: Loihi 2's synapse encodings are not published in this detail):
+- A weight is stored at its group's width (`weights="min"`: 2 bits for ternary) or at 8 bits
+  (`weights="8bit"`, as the published 370M deployment: arXiv 2503.18002's "8-bit weights").
 - A synapse group is stored dense or sparse, whichever takes fewer bits over the whole group. Dense
   keeps every weight of a target neuron's fan-in, zeros included (n_in · weight_bits a neuron);
-  sparse keeps each non-zero weight with the index of its source (weight_bits + ⌈log2 n_in⌉ bits).
-  Row pointers, the group's shared exponent and alignment to memory words are not charged.
+  sparse keeps each non-zero weight with the index of its source (weight_bits + ⌈log2 n_in⌉ bits)
+  and a row pointer per target neuron (⌈log2 (nnz + 1)⌉ bits). The group's shared exponent and
+  alignment to memory words are not charged. Dense groups process zero weights too (measured on
+  Loihi 2: dense connection processes do not cull them), so the cost model charges them.
 - A neuron's state is Σ state_bits plus, for each per-neuron parameter array, the signed width of
   the array's largest value (times its values per neuron).
 - A core's synapse bytes and state bytes (each rounded up to whole bytes) share its memory
   (`hw.core.memory`); microcode and routing tables are not charged.
 - Populations don't share cores: simple, and it over-counts cores for small populations.
 - Synapse groups with a host endpoint live on the host and take no core memory.
-- Cores fill chips in program order, within the chip's cores, neurons and synapses.
+- Cores fill chips in program order, within the chip's cores, neurons and synapses; with
+  `policy="block"` each block (and the model-level populations) starts a chip of its own, as a
+  single-block measurement extrapolated to the whole model would place it.
+- Each core and chip records what bound it: a core its memory, its neuron limit or the end of its
+  population; a chip its cores, neurons or synapses, a block boundary, or the end of the program.
 """
 
 import dataclasses
@@ -22,6 +30,25 @@ from mmfree.loihi import fixed, hardware
 from mmfree.loihi.program import HOST, Population, Program, Synapses, is_skip
 
 SUMMED = ("neurons", "synapses", "weights", "skips", "synapse_bytes", "state_bytes")
+WEIGHTS = ("min", "8bit")  # stored weight width: the values' own, or the published 8 bits
+POLICIES = ("pack", "block")
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+  """The mapping's choices (not Loihi's constants): stored weight width, chip policy."""
+
+  weights: str = "min"
+  policy: str = "pack"
+
+  def __post_init__(self):
+    if self.weights not in WEIGHTS:
+      raise ValueError(f"placement weights={self.weights!r}: expected one of {WEIGHTS}")
+    if self.policy not in POLICIES:
+      raise ValueError(f"placement policy={self.policy!r}: expected one of {POLICIES}")
+
+  def weight_bits(self, s: Synapses) -> int:
+    return max(s.weight_bits, 8) if self.weights == "8bit" else s.weight_bits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +65,7 @@ class Core:
   skips: int  # identity (skip-connection) synapses: stored, but not ternary weights
   synapse_bytes: int
   state_bytes: int
+  bound: str  # what ended the core: "memory", "neurons" (core.neurons) or "population"
 
   @property
   def neurons(self) -> int:
@@ -49,14 +77,19 @@ class Mapping:
   cores: tuple  # of Core, in program order
   encodings: dict  # on-chip synapse group -> "dense" | "sparse"
   hw: hardware.Hardware
+  placement: Placement = Placement()
+  chip_bounds: tuple = ()  # per chip: "cores", "neurons", "synapses", "block" or "end"
 
   @property
   def chips(self) -> int:
     return self.cores[-1].chip + 1 if self.cores else 0
 
   def totals(self) -> dict:
-    """cores, chips, neurons, BitLinear weights (non-zero and all), skips, bytes, zero share."""
-    return {**_totals(self.cores), "chips": self.chips}
+    """cores, chips, neurons, BitLinear weights (non-zero and all), skips, bytes, zero share,
+    and what bound the cores and the chips (counts by reason)."""
+    return {**_totals(self.cores), "chips": self.chips,
+            "core_bounds": _count(c.bound for c in self.cores),
+            "chip_bounds": _count(self.chip_bounds)}  # fmt: skip
 
   def by_layer(self) -> dict:
     """Totals per block index, model-level populations under None; in program order."""
@@ -72,14 +105,28 @@ def _totals(cores) -> dict:
   return t
 
 
+def _count(reasons) -> dict:
+  out = {}
+  for r in reasons:
+    out[r] = out.get(r, 0) + 1
+  return out
+
+
 def index_bits(n_in: int) -> int:
   """Bits of a source index in sparse storage."""
   return (n_in - 1).bit_length()
 
 
-def encoding(s: Synapses, nnz: int) -> str:
-  dense = s.n_in * s.n_out * s.weight_bits
-  return "sparse" if nnz * (s.weight_bits + index_bits(s.n_in)) < dense else "dense"
+def pointer_bits(nnz: int) -> int:
+  """Bits of a sparse group's row pointer (an offset into its nnz weights)."""
+  return nnz.bit_length()
+
+
+def encoding(s: Synapses, nnz: int, bits: int) -> str:
+  """ "dense" or "sparse", whichever stores the group in fewer bits at `bits` a weight."""
+  dense = s.n_in * s.n_out * bits
+  sparse = nnz * (bits + index_bits(s.n_in)) + s.n_out * pointer_bits(nnz)
+  return "sparse" if sparse < dense else "dense"
 
 
 def _signed_bits(a: np.ndarray) -> int:
@@ -93,7 +140,8 @@ def state_bits(program: Program, q: Population) -> int:
 
 
 def _split(q: Population, syn_bits: np.ndarray, neuron_bits: int, hw: hardware.Hardware):
-  """(start, stop, synapse bytes, state bytes) of contiguous neuron ranges that fit a core."""
+  """(start, stop, synapse bytes, state bytes, bound) of contiguous neuron ranges that fit a
+  core; bound says what ended the range."""
   max_n, mem = hw.core.neurons.value, hw.core.memory.value
   cum = np.concatenate([[0], np.cumsum(syn_bits)])
   start = 0
@@ -107,32 +155,42 @@ def _split(q: Population, syn_bits: np.ndarray, neuron_bits: int, hw: hardware.H
         f"{state[0]} B of state, more than a core's {mem} B (core.memory): use fewer weight bits, "
         "sparser weights or a smaller fan-in, or override core.memory"
       )
-    yield start, start + fit, int(syn[fit - 1]), int(state[fit - 1])
+    bound = ("population" if start + fit == q.size else
+             "memory" if fit < len(n) else "neurons")  # fmt: skip
+    yield start, start + fit, int(syn[fit - 1]), int(state[fit - 1]), bound
     start += fit
 
 
-def _chips(cores: list[dict], hw: hardware.Hardware) -> list[int]:
-  """Chip index of each core, filling chips in order within their cores, neurons and synapses."""
+def _chips(cores: list[dict], hw: hardware.Hardware, policy: str) -> tuple[list[int], list[str]]:
+  """(chip index of each core, what bound each chip): chips fill in order within their cores,
+  neurons and synapses; with policy "block" a new block also starts a chip."""
   limits = (hw.chip.cores.value, hw.chip.neurons.value, hw.chip.synapses.value)
-  chip, used, out = 0, (0, 0, 0), []
-  for c in cores:
+  chip, used, out, bounds, layer = 0, (0, 0, 0), [], [], None
+  for i, c in enumerate(cores):
     need = (1, c["stop"] - c["start"], c["synapses"] + c["skips"])
     if any(n > lim for n, lim in zip(need, limits, strict=True)):
       raise ValueError(
         f"population {c['population']!r}: one core's (cores, neurons, synapses) = {need} exceed "
         f"a chip's {limits}: lower core.neurons or core.memory, or raise the chip limits"
       )
-    if any(u + n > lim for u, n, lim in zip(used, need, limits, strict=True)):
+    full = [u + n > lim for u, n, lim in zip(used, need, limits, strict=True)]
+    new_block = policy == "block" and i > 0 and c["layer"] != layer
+    if any(full) or new_block:
+      bounds.append(("cores", "neurons", "synapses")[full.index(True)] if any(full) else "block")
       chip, used = chip + 1, (0, 0, 0)
     used = tuple(u + n for u, n in zip(used, need, strict=True))
     out.append(chip)
-  return out
+    layer = c["layer"]
+  return out, [*bounds, "end"] if cores else []
 
 
-def place(program: Program, hw: hardware.Hardware = hardware.DEFAULT) -> Mapping:
+def place(program: Program, hw: hardware.Hardware = hardware.DEFAULT,
+          placement: Placement = Placement()) -> Mapping:  # fmt: skip
   """Every population on its own cores (split by neuron ranges when needed), cores on chips."""
   groups = [s for s in program.synapses if HOST not in (s.source, s.target)]
-  encodings = {s.name: encoding(s, program.nnz(s.name)) for s in groups}
+  bits = {s.name: placement.weight_bits(s) for s in groups}
+  nnz_g = {s.name: program.nnz(s.name) for s in groups}
+  encodings = {s.name: encoding(s, nnz_g[s.name], bits[s.name]) for s in groups}
   cores = []
   for q in program.populations:
     syn_bits = np.zeros(q.size, np.int64)
@@ -141,13 +199,16 @@ def place(program: Program, hw: hardware.Hardware = hardware.DEFAULT) -> Mapping
       if s.name not in encodings:
         continue
       col = program.nnz_per_target(s.name)
-      sparse = encodings[s.name] == "sparse"
-      syn_bits += col * (s.weight_bits + index_bits(s.n_in)) if sparse else s.n_in * s.weight_bits
+      b = bits[s.name]
+      if encodings[s.name] == "sparse":
+        syn_bits += col * (b + index_bits(s.n_in)) + pointer_bits(nnz_g[s.name])
+      else:
+        syn_bits += s.n_in * b
       if is_skip(s):
         skips += col
       else:
         nnz, fan_in = nnz + col, fan_in + s.n_in
-    for start, stop, syn_b, state_b in _split(q, syn_bits, state_bits(program, q), hw):
+    for start, stop, syn_b, state_b, bound in _split(q, syn_bits, state_bits(program, q), hw):
       cores.append(
         {
           "population": q.name,
@@ -159,10 +220,12 @@ def place(program: Program, hw: hardware.Hardware = hardware.DEFAULT) -> Mapping
           "skips": int(skips[start:stop].sum()),
           "synapse_bytes": syn_b,
           "state_bytes": state_b,
+          "bound": bound,
         }
       )
-  chips = _chips(cores, hw)
-  return Mapping(tuple(Core(chip=k, **c) for k, c in zip(chips, cores, strict=True)), encodings, hw)
+  chips, chip_bounds = _chips(cores, hw, placement.policy)
+  placed = tuple(Core(chip=k, **c) for k, c in zip(chips, cores, strict=True))
+  return Mapping(placed, encodings, hw, placement, tuple(chip_bounds))
 
 
 def report(mapping: Mapping) -> str:
@@ -181,8 +244,16 @@ def report(mapping: Mapping) -> str:
       f"{t['state_bytes'] / 1024:,.1f} |"
     )
   t = mapping.totals()
-  lines = ["", f"Cores: {t['cores']}, chips: {t['chips']}. Constants used:", ""]
+  p = mapping.placement
+  lines = ["", f"Cores: {t['cores']}, chips: {t['chips']} (weights stored {p.weights}, "
+           f"placement {p.policy}). Cores bound by {reasons(t['core_bounds'])}; chips bound by "
+           f"{reasons(t['chip_bounds'])}. Constants used:", ""]  # fmt: skip
   for name, c in hardware.constants(mapping.hw).items():
     if name.startswith(("core.", "chip.")):
       lines.append(f"- `{name}` = {c.value:,} {c.unit} ({c.source})")
   return "\n".join(rows + lines) + "\n"
+
+
+def reasons(counts: dict) -> str:
+  """'memory 3, population 1': what bound the cores or chips, most often first."""
+  return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"

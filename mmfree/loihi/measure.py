@@ -82,15 +82,33 @@ def emulate_report(result, seconds: dict, tokens: list[int]) -> dict:
   }
 
 
+def placements(prog, hw: hardware.Hardware, totals: dict, steps: int) -> list[dict]:
+  """The prediction under every stored weight width and chip policy, on the same activity."""
+  rows = []
+  for weights in mapping.WEIGHTS:
+    for policy in mapping.POLICIES:
+      m = mapping.place(prog, hw, mapping.Placement(weights, policy))
+      p = cost.predict(cost.workload(prog, m, totals, steps), hw, prompts=(500,))
+      t = m.totals()
+      rows.append({"weights": weights, "policy": policy, "chips": t["chips"],
+                   "cores": t["cores"], "core_bounds": t["core_bounds"],
+                   "chip_bounds": t["chip_bounds"], **{k: p["generation"][k] for k in (
+                     "tokens_per_s", "mj_per_token")}, "ttft_500_ms": p["ttft_ms"]["500"],
+                   "energy_mj_per_token": p["energy_mj_per_token"]})  # fmt: skip
+  return rows
+
+
 def measure(bundle: Path, tokens: list[int], new_tokens: int, constants: str | Path | None = None,
-            **run_kw) -> dict:  # fmt: skip
-  """The report of `mmfree measure`: the run, its activity and the Loihi 2 prediction."""
-  hw = load_constants(constants)
+            placement: mapping.Placement | None = None, **run_kw) -> dict:  # fmt: skip
+  """The report of `mmfree measure`: the run, its activity and the Loihi 2 prediction (under
+  `placement`, and under every other placement in "placements")."""
+  hw, placement = load_constants(constants), placement or mapping.Placement()
   prog = bundle_io.load(bundle)
   result, seconds = run_bundle(bundle, tokens, new_tokens, **run_kw)
   steps = result.logits.shape[1]  # every token the program consumed
   totals = activity_totals(result)
-  work = cost.workload(prog, mapping.place(prog, hw), totals, steps)
+  placed = mapping.place(prog, hw, placement)
+  work = cost.workload(prog, placed, totals, steps)
   prediction = cost.predict(work, hw)
   return {
     "backend": run_kw.get("backend", "emulator"),
@@ -103,6 +121,9 @@ def measure(bundle: Path, tokens: list[int], new_tokens: int, constants: str | P
     "per_token": {k: sum(t[k] for t in totals.values()) / steps for k in emulate.ACTIVITY},
     **prediction,
     "by_layer": cost.by_layer(prediction["by_population"]),
+    "placement": dataclasses.asdict(placement),
+    "bounds": {k: placed.totals()[k] for k in ("core_bounds", "chip_bounds")},
+    "placements": placements(prog, hw, totals, steps),
     "constants_file": str(constants or ""),
     "constants": {k: dataclasses.asdict(c) for k, c in hardware.constants(hw).items()},
     "workload": work.to_json(),
@@ -134,10 +155,27 @@ def table(r: dict) -> str:
      f"{n['dense_synops_per_token']:,}"),
     ("resources", f"{res['chips']} chips, {res['cores']} cores", f"{res['neurons']:,} neurons",
      f"{res['synapses']:,} synapses, {res['memory_bytes'] / 2**20:.2f} MiB"),
+    ("placement", f"weights {r['placement']['weights']}, {r['placement']['policy']}",
+     f"cores bound by {mapping.reasons(r['bounds']['core_bounds'])}",
+     f"chips bound by {mapping.reasons(r['bounds']['chip_bounds'])}"),
   ]  # fmt: skip
   lines = ["| | | | |", "|---|---|---|---|", *("| " + " | ".join(row) + " |" for row in rows)]
   src = r["constants_file"] or "mmfree.loihi.hardware.DEFAULT (sources in each constant)"
   lines.append(f"\nactivity: {r['backend']} on {r['tokens']} tokens; constants: {src}")
+  return "\n".join(lines)
+
+
+def placement_table(r: dict) -> str:
+  """Markdown: the prediction under each stored weight width and chip policy."""
+  lines = ["| weights | placement | chips | cores | tokens/s | mJ/token | static mJ | dynamic mJ "
+           "| idle mJ | TTFT 500 ms |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+  for x in r["placements"]:
+    e = x["energy_mj_per_token"]
+    lines.append(f"| {x['weights']} | {x['policy']} | {x['chips']} | {x['cores']} | "
+                 f"{x['tokens_per_s']:,.1f} | {x['mj_per_token']:.4g} | "
+                 f"{e['static_generation']:.3g} | {e['dynamic']:.3g} | "
+                 f"{e['idle_generation']:.3g} | {x['ttft_500_ms']:.3g} |")  # fmt: skip
   return "\n".join(lines)
 
 
