@@ -242,7 +242,7 @@ def cmd_emulate(args, extra):
 
 def cmd_measure(args, extra):
   from mmfree.core.files import write_json
-  from mmfree.loihi import measure
+  from mmfree.loihi import mapping, measure
 
   _only(extra)
   if args.fit:
@@ -251,7 +251,9 @@ def cmd_measure(args, extra):
     raise ValueError("measure needs a bundle or run directory (or --fit ROWS)")
   bundle = measure.bundle_of(args.bundle)
   tok, prompt = _prompt(bundle, args.prompt)
-  r = measure.measure(bundle, prompt, args.max_new_tokens, args.constants, backend=args.backend,
+  placement = mapping.Placement(args.weights, args.placement)
+  r = measure.measure(bundle, prompt, args.max_new_tokens, args.constants, placement,
+                      backend=args.backend,
                       venv=Path(args.venv), timeout=args.timeout, chip=args.hardware,
                       verify=args.verify)  # fmt: skip
   print(args.prompt + tok.decode(r["new"]))
@@ -259,6 +261,7 @@ def cmd_measure(args, extra):
     print(f"bit-exact with the emulator: every population x {r['tokens']} tokens, logits, "
           "new tokens")  # fmt: skip
   print(measure.table(r))
+  print(measure.placement_table(r))
   print(measure.layer_table(r))
   out = Path(args.out) if args.out else measure.report_path(bundle)
   write_json(out, r)
@@ -270,8 +273,14 @@ def _fit(args):
 
   out = Path(args.out or "constants.fitted.json")
   free = tuple(args.free.split(",")) if args.free else fit.FREE
-  rows = fit.fit_file(Path(args.fit), out, free, args.constants)
-  print(fit.table(rows))
+  try:
+    hold_out = tuple(int(i) for i in args.hold_out.split(",")) if args.hold_out else ()
+  except ValueError:
+    raise ValueError(
+      f"--hold-out {args.hold_out!r}: expected 0-based row indices, e.g. 0,2"
+    ) from None
+  record = fit.fit_file(Path(args.fit), out, free, args.constants, hold_out)
+  print(fit.table(record))
   print(f"wrote {out}: use it with --constants {out} (or loihi.constants in an experiment)")
 
 
@@ -384,13 +393,21 @@ def parser() -> argparse.ArgumentParser:
   ms.add_argument("--prompt", default=PROMPT)
   ms.add_argument("--max-new-tokens", type=int, default=16)
   ms.add_argument("--constants", default=None, help="hardware constants file (JSON or TOML)")
+  ms.add_argument("--weights", choices=("min", "8bit"), default="min",
+                  help="stored weight width: the values' own (2 bits ternary) or 8 bits "
+                  "(the published 370M)")  # fmt: skip
+  ms.add_argument("--placement", choices=("pack", "block"), default="pack", help="fill chips in "
+                  "order, or give each block chips of its own")  # fmt: skip
   ms.add_argument("--verify", action="store_true", help="check every integer against the emulator")
   ms.add_argument("--hardware", action="store_true", help="Lava on a Loihi 2 (needs lava-loihi)")
   ms.add_argument("--venv", default=".venv-lava", help="the Lava environment (mmfree lava setup)")
   ms.add_argument("--timeout", type=float, default=1800, help="seconds before Lava is killed")
   ms.add_argument("--fit", default=None, help="measured rows (JSON or CSV: run, tokens_per_s, "
-                  "mj_per_token[, phase]) to fit the constants to")  # fmt: skip
+                  "mj_per_token[, phase, role]) to fit the constants to")  # fmt: skip
   ms.add_argument("--free", default=None, help="comma-separated constants the fit may change")
+  ms.add_argument("--hold-out", default=None, help="with --fit, comma-separated 0-based indices "
+                  "of rows to predict, not fit (as a row's role: holdout); a fit is validated "
+                  "only with held-out rows and more fitted figures than free ones")  # fmt: skip
   ms.add_argument("--out", default=None, help="report JSON (default RUN/measure.json); with "
                   "--fit, the fitted constants file (default constants.fitted.json)")  # fmt: skip
   ms.set_defaults(fn=cmd_measure)

@@ -200,7 +200,7 @@ def test_json_overrides_change_the_placement(tmp_path):
     ({"core.memory": {"value": 128, "unit": "KB"}}, r"core.memory is in bytes, got 'KB'"),
     ({"chip.cores": 0}, r"chip.cores must be a positive number"),
     ({"chip.cores": 1.5}, r"chip.cores counts whole neuro-cores"),
-    ({"core.memory": {"value": 1, "note": "x"}}, r"an override has only value, unit, source and tier"),
+    ({"core.memory": {"value": 1, "note": "x"}}, r"an override has only value, unit, source"),
   ],
 )
 def test_bad_overrides(tmp_path, overrides, match):
