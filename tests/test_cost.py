@@ -59,6 +59,11 @@ def test_hand_computed_prediction():
   level_b = (10 * 1 + 3 * 10) + barrier
   gen = level_a + level_b
   assert r["generation"]["ms_per_token"] == pytest.approx(1e3 * gen)
+  parts = r["generation"]["ms_by_part"]  # a's and b's busiest cores, chip 0's link, 2 barriers
+  assert parts == pytest.approx({"synops": 1e3 * (3 + 10), "updates": 1e3 * (30 + 30),
+                                 "messages": 1e3 * 900, "idle": 0, "chip_links": 1e3 * 1_200_000,
+                                 "barrier": 1e3 * 2 * barrier, "host": 0})  # fmt: skip
+  assert sum(parts.values()) == pytest.approx(r["generation"]["ms_per_token"])
   assert r["generation"]["timesteps_per_token"] == 2
   assert r["prefill"]["us_per_timestep"] == pytest.approx(1e6 * level_a)  # a's core is busiest
   dynamic = 24 * 1 + 10 * 2 + 2 * 6 * 3 + 2 * 6 * 4  # synops, updates, routed, inter-chip

@@ -170,33 +170,46 @@ def _widths(w: Workload, hw: hardware.Hardware) -> np.ndarray:
   )
 
 
-def _core_seconds(w: Workload, hw: hardware.Hardware) -> np.ndarray:
+def _core_parts(w: Workload, hw: hardware.Hardware) -> dict:
+  """Each core's time per token by kind of work, [C] each."""
   t = hw.time
-  work = w.work
-  return (work["synops"] * t.synop.value + work["updates"] * t.update.value
-          + work["routed"] * _widths(w, hw) * t.message.value)  # fmt: skip
+  return {"synops": w.work["synops"] * t.synop.value, "updates": w.work["updates"] * t.update.value,
+          "messages": w.work["routed"] * _widths(w, hw) * t.message.value}  # fmt: skip
 
 
-def _step_seconds(w: Workload, hw: hardware.Hardware, cores: np.ndarray, core_s: np.ndarray):
-  """One timestep in which `cores` (a mask) work and the others idle: busiest core + busiest
-  chip link + barrier."""
+def _step_parts(w: Workload, hw: hardware.Hardware, cores: np.ndarray, parts: dict) -> dict:
+  """One timestep in which `cores` (a mask) work and the others idle, by what sets its length:
+  the busiest working core (its synops, updates, messages) or the longest idle one, the busiest
+  chip link, the barrier."""
   links = np.zeros(w.chips)
   np.add.at(links, w.core_chip[cores], (w.work["interchip"] * _widths(w, hw))[cores])
-  barrier = hw.time.barrier.value + mesh_hops(w.chips) * hw.time.barrier_hop.value
+  core_s = sum(parts.values())
   idle_C = w.core_neurons * hw.time.idle.value
-  busiest = max(core_s[cores].max(initial=0.0), idle_C[~cores].max(initial=0.0))
-  return busiest + links.max() * hw.time.interchip.value + barrier
+  out = dict.fromkeys((*parts, "idle"), 0.0)
+  busy = int(np.argmax(np.where(cores, core_s, -1.0))) if cores.any() else None
+  idle = idle_C[~cores].max(initial=0.0)
+  if busy is not None and core_s[busy] >= idle:
+    out.update({k: float(v[busy]) for k, v in parts.items()})
+  else:
+    out["idle"] = float(idle)
+  out["chip_links"] = float(links.max() * hw.time.interchip.value)
+  out["barrier"] = hw.time.barrier.value + mesh_hops(w.chips) * hw.time.barrier_hop.value
+  return out
 
 
 def predict(w: Workload, hw: hardware.Hardware = hardware.DEFAULT, prompts=PROMPTS) -> dict:
   """Throughput, latency and energy per token; breakdowns per population and layer."""
-  core_s = _core_seconds(w, hw)
+  parts = _core_parts(w, hw)
+  core_s = sum(parts.values())
   depth_C = np.asarray(w.depth)[w.core_population]
   levels = sorted(set(w.depth))
-  level_s = {d: float(_step_seconds(w, hw, depth_C == d, core_s)) for d in levels}
+  level_parts = {d: _step_parts(w, hw, depth_C == d, parts) for d in levels}
+  level_s = {d: sum(p.values()) for d, p in level_parts.items()}
   host_s = hw.time.host.value
   gen_s = sum(level_s.values()) + host_s
-  prefill_s = float(_step_seconds(w, hw, np.ones(len(core_s), bool), core_s))
+  prefill_parts = _step_parts(w, hw, np.ones(len(core_s), bool), parts)
+  prefill_s = sum(prefill_parts.values())
+  gen_parts = {k: 1e3 * sum(p[k] for p in level_parts.values()) for k in prefill_parts}
   joules_C = _core_joules(w, hw)
   dynamic = {k: float(v.sum()) for k, v in joules_C.items()}
   # every neuron idles in every generation timestep but its own level's
@@ -211,10 +224,12 @@ def predict(w: Workload, hw: hardware.Hardware = hardware.DEFAULT, prompts=PROMP
       "ms_per_token": 1e3 * gen_s,
       "mj_per_token": 1e3 * (dyn_j + idle_j + static_w * gen_s),
       "timesteps_per_token": len(levels),
+      "ms_by_part": {**gen_parts, "host": 1e3 * host_s},  # what sets each timestep's length
     },
     "prefill": {
       "tokens_per_s": 1 / prefill_s,
       "us_per_timestep": 1e6 * prefill_s,
+      "us_by_part": {k: 1e6 * v for k, v in prefill_parts.items()},
       "mj_per_token": 1e3 * (dyn_j + static_w * prefill_s),
     },
     "energy_mj_per_token": {
