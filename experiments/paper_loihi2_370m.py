@@ -22,14 +22,19 @@ run through the emulator on 32 held-out tokens plus 8 generated; the activity go
 cost model with the sourced, unfitted constants of `mmfree.loihi.hardware` (or
 `--config.loihi.constants=FILE`, e.g. one fitted by `mmfree measure --fit`).
 
-Measured (2-core CPU, 8 min, random weights): 339 populations, 464,128 neurons, 952 cores on 8
-chips; 216M synaptic operations per token (15% of neuron outputs zero); 267 timesteps per token;
-generation 70.2 tokens/s (1.18x the published 59.4) at 12.4 mJ/token (0.17x the published 70.8):
-the timing agrees, the energy does not. 96% of the predicted energy is static power: 8 chips at
-Loihi 1's measured 104 mW each (no Loihi 2 figure is published), against the 4.2 W (0.53 W a chip)
-that the published figures imply. `experiments/loihi2_370m_fitted.json`, written by
-`mmfree measure --fit experiments/loihi2_370m_published.json` (time.synop 0.458 ns, static
-0.522 W a chip), reproduces both published figures.
+Measured (2-core CPU, ~10 min, random weights; `mmfree measure RUN --weights 8bit`, 47 tokens):
+339 populations, 464,128 neurons; 8-bit weights (the published deployment's) fill 2,915 cores on
+23 chips (cores bound by memory; chips by their 128 cores); 307M synaptic operations per token
+(zero weights of dense groups included); 267 timesteps per token. Unfitted, with the sourced
+constants: generation 55.0 tokens/s (0.93x the published 59.4) at 90.3 mJ/token (1.28x the
+published 70.8). Static power (the measured 0.213 W a Loihi 2 board) is 99% of the energy;
+messages set 59% of the generation time (synops 21%, idle neurons 7%). Stored at their own
+2 bits, the weights fit 8 chips: 48.8 tokens/s at 36.0 mJ/token; "block" placement (a chip
+group per block) 57.7 tokens/s at 97.1 mJ/token (8-bit). `experiments/loihi2_370m_fitted.json`
+(`mmfree measure --fit` on the two published figures: time.synop 0.241 ns, energy.static 0.180 W
+a chip) is calibrated, not validated (2 figures, 2 free constants); it predicts TTFT at a
+500-token prompt of 475 ms, beside the published 6.6x advantage over a Jetson Orin Nano (whose
+TTFT is not published).
 """
 
 from pathlib import Path
@@ -37,6 +42,7 @@ from pathlib import Path
 from mmfree import configs
 from mmfree.core import reference
 from mmfree.core.files import CHECKPOINTS, TASKS, read_json
+from mmfree.loihi import measure as measuring
 from mmfree.loihi.cost import PROMPTS
 from mmfree.tasks import docs, suite
 
@@ -53,6 +59,9 @@ def get_config(arg: str = "default"):
   c.loihi.check_tokens = 16
   c.loihi.measure_tokens = 32
   c.loihi.new_tokens = 8
+  # The published deployment stored 8-bit weights (Abreu et al., arXiv:2503.18002: "8-bit
+  # weights"; W8 in arXiv:2406.02528 v7's summaries); the chip placement is not published.
+  c.loihi.weights = "8bit"
   c.eval.tasks = docs.ALL  # the Hugging Face datasets; offline: --config.eval.tasks_dir=DIR
   c.eval.tasks_precisions = ("bitnet", "hw")
   if arg == "smoke":  # the same stages on a test-sized model
@@ -136,7 +145,17 @@ def report(run_dir: Path) -> str:
     fig = f[key]
     lines.append(f"| published ratio | | {fig.value}x | | {reference.cite(key)}: {fig.what} |")
   e = m["energy_mj_per_token"]
+  parts = g["ms_by_part"]
+  top = sorted(parts.items(), key=lambda kv: -kv[1])[:3]
   lines += [
+    "",
+    "Generation time per token by what sets each timestep: "
+    + ", ".join(f"{k} {v:.3g} ms ({v / g['ms_per_token']:.0%})" for k, v in top)
+    + f"; energy: static {e['static_generation'] / g['mj_per_token']:.0%}.",
+    "",
+    "The prediction under each stored weight width and chip placement (the same activity):",
+    "",
+    measuring.placement_table(m),
     "",
     f"Energy per generated token: static {e['static_generation']:.3g} mJ "
     f"({m['resources']['chips']} chips), dynamic {e['dynamic']:.3g} mJ (synops {e['synops']:.3g}, "
