@@ -230,7 +230,7 @@ class Emulator:
     """A BitLinear's accumulator × β × 2^e_x in its bitlinear_out format."""
     path = r.get("path")
     a = self.clip(path and f"{path}.bitlinear_acc", acc.q, r["acc_bits"])
-    e_x = -np.asarray(acc.frac)
+    e_x = -np.asanyarray(acc.frac)
     y = neurons.bitlinear_rescale(a, r["m"], r["k"], e_x, r["out_frac"], 32, self.rounding)
     return Msg(self.clip(path and f"{path}.bitlinear_out", y, r["out_bits"]), r["out_frac"])
 
@@ -255,7 +255,7 @@ class Emulator:
     if p["policy"] == "static":
       return Msg(self.requant(y, f, -p["e_x"], p["in_bits"], p.get("point_in")), -p["e_x"])
     amax = np.abs(y).max(axis=-1, keepdims=True) * 2.0**-f
-    e = np.asarray(fixed.pow2_exponent(amax, p["in_bits"]), np.int64)
+    e = np.asanyarray(fixed.pow2_exponent(amax, p["in_bits"]), np.int64)
     x = fixed.saturate(fixed.shift_right_each(y, f + e, "half_even"), p["in_bits"])
     return Msg(x, -e)
 
