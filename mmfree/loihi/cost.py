@@ -166,28 +166,28 @@ def mesh_hops(chips: int) -> int:
   return (a - 1) + (math.ceil(chips / a) - 1)
 
 
-def _widths(w: Workload, hw: hardware.Hardware) -> np.ndarray:
-  """[C]: each core's messages cost a header-only spike's times (1 + payload / header)."""
-  return (
-    1 + np.asarray(w.message_bits, np.float64)[w.core_population] / hw.formats.header_bits.value
-  )
+def _headers(w: Workload, hw: hardware.Hardware) -> dict:
+  """{"routed", "interchip"}: each core's messages per token in header-only spikes, a b-bit
+  spike costing (1 + b / header_bits) of them, [C] each."""
+  bits_C = np.asarray(w.message_bits, np.float64)[w.core_population]
+  width_C = 1 + bits_C / hw.formats.header_bits.value
+  return {k: w.work[k] * width_C for k in ("routed", "interchip")}
 
 
-def _core_parts(w: Workload, hw: hardware.Hardware) -> dict:
+def _core_parts(w: Workload, hw: hardware.Hardware, headers: dict) -> dict:
   """Each core's time per token by kind of work, [C] each."""
   t = hw.time
   return {"synops": w.work["synops"] * t.synop.value, "updates": w.work["updates"] * t.update.value,
-          "messages": w.work["routed"] * _widths(w, hw) * t.message.value}  # fmt: skip
+          "messages": headers["routed"] * t.message.value}  # fmt: skip
 
 
-def _step_parts(w: Workload, hw: hardware.Hardware, cores: np.ndarray, parts: dict) -> dict:
+def _step_parts(w: Workload, hw: hardware.Hardware, cores: np.ndarray, parts: dict,
+                core_s: np.ndarray, idle_C: np.ndarray, link_C: np.ndarray) -> dict:  # fmt: skip
   """One timestep in which `cores` (a mask) work and the others idle, by what sets its length:
   the busiest working core (its synops, updates, messages) or the longest idle one, the busiest
   chip link, the barrier."""
   links = np.zeros(w.chips)
-  np.add.at(links, w.core_chip[cores], (w.work["interchip"] * _widths(w, hw))[cores])
-  core_s = sum(parts.values())
-  idle_C = w.core_neurons * hw.time.idle.value
+  np.add.at(links, w.core_chip[cores], link_C[cores])
   out = dict.fromkeys((*parts, "idle"), 0.0)
   busy = int(np.argmax(np.where(cores, core_s, -1.0))) if cores.any() else None
   idle = idle_C[~cores].max(initial=0.0)
@@ -202,18 +202,20 @@ def _step_parts(w: Workload, hw: hardware.Hardware, cores: np.ndarray, parts: di
 
 def predict(w: Workload, hw: hardware.Hardware = hardware.DEFAULT, prompts=PROMPTS) -> dict:
   """Throughput, latency and energy per token; breakdowns per population and layer."""
-  parts = _core_parts(w, hw)
+  headers = _headers(w, hw)
+  parts = _core_parts(w, hw, headers)
   core_s = sum(parts.values())
+  step = (parts, core_s, w.core_neurons * hw.time.idle.value, headers["interchip"])
   depth_C = np.asarray(w.depth)[w.core_population]
   levels = sorted(set(w.depth))
-  level_parts = {d: _step_parts(w, hw, depth_C == d, parts) for d in levels}
+  level_parts = {d: _step_parts(w, hw, depth_C == d, *step) for d in levels}
   level_s = {d: sum(p.values()) for d, p in level_parts.items()}
   host_s = hw.time.host.value
   gen_s = sum(level_s.values()) + host_s
-  prefill_parts = _step_parts(w, hw, np.ones(len(core_s), bool), parts)
+  prefill_parts = _step_parts(w, hw, np.ones(len(core_s), bool), *step)
   prefill_s = sum(prefill_parts.values())
   gen_parts = {k: 1e3 * sum(p[k] for p in level_parts.values()) for k in prefill_parts}
-  joules_C = _core_joules(w, hw)
+  joules_C = _core_joules(w, hw, headers)
   dynamic = {k: float(v.sum()) for k, v in joules_C.items()}
   # every neuron idles in every generation timestep but its own level's
   idle_j = float(w.core_neurons.sum()) * (len(levels) - 1) * hw.energy.idle.value
@@ -277,14 +279,14 @@ def neurobench(w: Workload) -> dict:
   }
 
 
-def _core_joules(w: Workload, hw: hardware.Hardware) -> dict:
+def _core_joules(w: Workload, hw: hardware.Hardware, headers: dict) -> dict:
   """Dynamic energy per core and token, by operation kind."""
   e = hw.energy
   return {
     "synops": w.work["synops"] * e.synop.value,
     "updates": w.work["updates"] * e.update.value,
-    "messages": w.work["routed"] * _widths(w, hw) * e.message.value,
-    "interchip": w.work["interchip"] * _widths(w, hw) * e.interchip.value,
+    "messages": headers["routed"] * e.message.value,
+    "interchip": headers["interchip"] * e.interchip.value,
   }
 
 
