@@ -82,13 +82,19 @@ def emulate_report(result, seconds: dict, tokens: list[int]) -> dict:
   }
 
 
-def placements(prog, hw: hardware.Hardware, totals: dict, steps: int) -> list[dict]:
-  """The prediction under every stored weight width and chip policy, on the same activity."""
+def placements(prog, hw: hardware.Hardware, totals: dict, steps: int,
+               done: tuple | None = None) -> list[dict]:  # fmt: skip
+  """The prediction under every stored weight width and chip policy, on the same activity;
+  `done` = (placement, its mapping, its prediction) is reused, not placed again."""
   rows = []
   for weights in mapping.WEIGHTS:
     for policy in mapping.POLICIES:
-      m = mapping.place(prog, hw, mapping.Placement(weights, policy))
-      p = cost.predict(cost.workload(prog, m, totals, steps), hw, prompts=(500,))
+      pl = mapping.Placement(weights, policy)
+      if done is not None and pl == done[0]:
+        m, p = done[1], done[2]
+      else:
+        m = mapping.place(prog, hw, pl)
+        p = cost.predict(cost.workload(prog, m, totals, steps), hw, prompts=(500,))
       t = m.totals()
       rows.append({"weights": weights, "policy": policy, "chips": t["chips"],
                    "cores": t["cores"], "core_bounds": t["core_bounds"],
@@ -123,7 +129,7 @@ def measure(bundle: Path, tokens: list[int], new_tokens: int, constants: str | P
     "by_layer": cost.by_layer(prediction["by_population"]),
     "placement": dataclasses.asdict(placement),
     "bounds": {k: placed.totals()[k] for k in ("core_bounds", "chip_bounds")},
-    "placements": placements(prog, hw, totals, steps),
+    "placements": placements(prog, hw, totals, steps, (placement, placed, prediction)),
     "constants_file": str(constants or ""),
     "constants": {k: dataclasses.asdict(c) for k, c in hardware.constants(hw).items()},
     "workload": work.to_json(),
