@@ -20,7 +20,7 @@ from lm_eval.api import metrics as lm_metrics
 from lm_eval.api.instance import Instance
 from lm_eval.api.model import TemplateLM
 
-from mmfree.algorithms.load import SCORE_CHUNK, LanguageModel
+from mmfree.algorithms.load import SCORE_CHUNK, LanguageModel, padded_length
 from mmfree.data.tokenizers import ByteTokenizer, SentencePieceTokenizer, train_bpe
 from mmfree.models import MMfreeLM, preset
 from mmfree.tasks import docs, metrics, requests, score
@@ -557,7 +557,7 @@ def test_choice_aggregate_and_paired_diff():
 
 @given(st.integers(1, 5000))
 def test_padded_length(n):
-  T = score.padded_length(n)
+  T = padded_length(n)
   assert T % SCORE_CHUNK == 0 and n <= T < n + SCORE_CHUNK
 
 
@@ -573,4 +573,4 @@ def test_scores_across_chunks_equal_one_unchunked_pass(lm, bpe):
   expected = [hand_score(lm, list(a), list(b)) for a, b in (pair, short)]
   np.testing.assert_allclose(ll, [e[0] for e in expected], rtol=1e-4)
   np.testing.assert_array_equal(greedy, [e[1] for e in expected])
-  assert stats["padded_tokens"] == 2 * score.padded_length(n)
+  assert stats["padded_tokens"] == 2 * padded_length(n)

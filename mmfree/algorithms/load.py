@@ -53,10 +53,16 @@ def chunk_scores(logits_chunks: Iterable, targets_BxT, mask_BxT) -> tuple[np.nda
   return np.asarray(ll_B), np.asarray(greedy_B)
 
 
+def padded_length(n: int) -> int:
+  """The length a sequence of `n` tokens is padded to: the next multiple of SCORE_CHUNK, the
+  length a scorer reads per call."""
+  return -(-n // SCORE_CHUNK) * SCORE_CHUNK
+
+
 def pad_to_chunk(x_BxT: np.ndarray) -> np.ndarray:
-  """`x_BxT` padded on the right with zeros to a multiple of SCORE_CHUNK."""
+  """`x_BxT` padded on the right with zeros to `padded_length`."""
   x_BxT = np.asarray(x_BxT)
-  return np.pad(x_BxT, ((0, 0), (0, -x_BxT.shape[1] % SCORE_CHUNK)))
+  return np.pad(x_BxT, ((0, 0), (0, padded_length(x_BxT.shape[1]) - x_BxT.shape[1])))
 
 
 class LanguageModel:

@@ -8,24 +8,17 @@ compilation for every length); a recurrent model reads left to right, so right p
 no scored position.
 """
 
-import math
 import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from mmfree.algorithms.load import SCORE_CHUNK
+from mmfree.algorithms.load import padded_length
 from mmfree.tasks.requests import Pair
 
 MAX_LEN = 2048  # tokens a request is cut to on the left, as lm-eval's `hf` model's max_length
 Scorer = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
-
-
-def padded_length(n: int) -> int:
-  """The length a sequence of `n` tokens is padded to: the next multiple of SCORE_CHUNK, the
-  length a scorer reads per call."""
-  return SCORE_CHUNK * math.ceil(n / SCORE_CHUNK)
 
 
 def sequence(pair: Pair, max_len: int | None) -> tuple[tuple[int, ...], int]:
