@@ -262,6 +262,7 @@ def cmd_measure(args, extra):
           "new tokens")  # fmt: skip
   print(measure.table(r))
   print(measure.placement_table(r))
+  print(measure.kind_table(r))
   print(measure.layer_table(r))
   out = Path(args.out) if args.out else measure.report_path(bundle)
   write_json(out, r)

@@ -2,12 +2,16 @@
 constants: test_fit.py)."""
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mmfree.loihi import cost, hardware, mapping
-from mmfree.loihi import program as pg
+from mmfree.loihi import cost, hardware
+
+sys.path.insert(0, str(Path(__file__).parent))  # the lava-nc wheel owns the name `tests`
+import two_pops  # noqa: E402
 
 # Round constants, so every figure below can be computed by hand.
 UNIT = {
@@ -24,26 +28,9 @@ ACTIVITY = {"a": {"synops": 8, "messages": 6, "updates": 8},  # over 2 tokens
             "b": {"synops": 40, "messages": 4, "updates": 12}}  # fmt: skip
 
 
-def _program() -> pg.Program:
-  """host → a (4) → b (6) → host, every a→b weight ±1."""
-  rng = np.random.default_rng(0)
-  arrays = {
-    "embed": np.eye(4, dtype=np.int8),
-    "ab": rng.choice(np.array([-1, 1], np.int8), (4, 6)),
-    "out": np.eye(6, dtype=np.int8),
-  }
-  P, S = pg.Population, pg.Synapses
-  pops = (P("a", "rmsnorm", 4, 0, {}, {}, {}, 8), P("b", "bitlinear_in", 6, 1, {}, {}, {}, 8))
-  syns = (S("embed", "host", "a", "x", 4, 4, 2, 0, "embed"),
-          S("ab", "a", "b", "x", 4, 6, 2, 0, "ab"),
-          S("out", "b", "host", "logits", 6, 6, 2, 0, "out"))  # fmt: skip
-  io = {"embedding": "host", "sampling": "host", "lm_head": "chip"}
-  return pg.Program(pg.VERSION, {}, {}, io, [], {}, [], pops, syns, arrays)
-
-
 def _workload(activity=ACTIVITY) -> cost.Workload:
-  p = _program()
-  return cost.workload(p, mapping.place(p, HW), activity, tokens=2)
+  p = two_pops.program(4, 6)
+  return cost.workload(p, two_pops.place(p, HW), activity, tokens=2)
 
 
 def test_hand_computed_prediction():
@@ -98,9 +85,9 @@ def test_energy_moves_with_activity_alone():
 
 def test_dense_groups_process_their_zero_weights():
   """A dense group charges every stored weight of a sending source, zeros included."""
-  p = _program()
+  p = two_pops.program(4, 6)
   p.arrays["ab"][:, :3] = 0  # half of a→b's weights zero: still dense at 2 bits
-  m = mapping.place(p, HW)
+  m = two_pops.place(p, HW)
   assert m.encodings["ab"] == "dense"
   w = cost.workload(p, m, ACTIVITY, tokens=2)
   # b's counted 20 synops a token, plus 3 messages of a, each meeting 6 − 12/4 zero weights

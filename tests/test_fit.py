@@ -3,13 +3,17 @@ are fitted back; held-out rows are predicted, never fitted; too few figures are 
 labelled calibrated, not validated."""
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mmfree.cli import main
-from mmfree.loihi import cost, fit, hardware, mapping
-from mmfree.loihi import program as pg
+from mmfree.loihi import cost, fit, hardware
+
+sys.path.insert(0, str(Path(__file__).parent))  # the lava-nc wheel owns the name `tests`
+import two_pops  # noqa: E402
 
 # Small cores and chips, so the programs below spread over several of each.
 BASE = {"core": {"neurons": 3}, "chip": {"cores": 2}}
@@ -29,30 +33,13 @@ WORKLOADS = [
 ]
 
 
-def _program(n_a: int, n_b: int) -> pg.Program:
-  """host → a (n_a) → b (n_b) → host, every a→b weight ±1."""
-  rng = np.random.default_rng(n_a * 100 + n_b)
-  arrays = {
-    "embed": np.eye(n_a, dtype=np.int8),
-    "ab": rng.choice(np.array([-1, 1], np.int8), (n_a, n_b)),
-    "out": np.eye(n_b, dtype=np.int8),
-  }
-  P, S = pg.Population, pg.Synapses
-  pops = (P("a", "rmsnorm", n_a, 0, {}, {}, {}, 8), P("b", "bitlinear_in", n_b, 1, {}, {}, {}, 8))
-  syns = (S("embed", "host", "a", "x", n_a, n_a, 2, 0, "embed"),
-          S("ab", "a", "b", "x", n_a, n_b, 2, 0, "ab"),
-          S("out", "b", "host", "logits", n_b, n_b, 2, 0, "out"))  # fmt: skip
-  io = {"embedding": "host", "sampling": "host", "lm_head": "chip"}
-  return pg.Program(pg.VERSION, {}, {}, io, [], {}, [], pops, syns, arrays)
-
-
 def _workload(n_a, n_b, tokens, syn_a, syn_b, messages, updates) -> cost.Workload:
-  p = _program(n_a, n_b)
+  p = two_pops.program(n_a, n_b)
   activity = {"a": {"synops": syn_a * tokens, "messages": messages * tokens,
                     "updates": updates * tokens},
               "b": {"synops": syn_b * tokens, "messages": messages * tokens,
                     "updates": updates * tokens}}  # fmt: skip
-  return cost.workload(p, mapping.place(p, HW), activity, tokens)
+  return cost.workload(p, two_pops.place(p, HW), activity, tokens)
 
 
 def _runs(tmp_path, noise=NOISE, seed=0) -> list[dict]:

@@ -52,13 +52,20 @@ def _program() -> pg.Program:
   return pg.Program(pg.VERSION, {}, {}, io, [], {}, [], pops, syns, arrays)
 
 
+def _place(p, hw=hardware.DEFAULT, placement=None, code=None):
+  """`mapping.place` with the instructions per update of `code` ({population: n}; others 0):
+  the synthetic kinds here have no kernel parameters to trace."""
+  instructions = {q.name: 0 for q in p.populations} | (code or {})
+  return mapping.place(p, hw, placement or mapping.Placement(), instructions)
+
+
 def _cores(m, population):
   return [c for c in m.cores if c.population == population]
 
 
 def test_hand_computed_placement():
   p = _program()
-  m = mapping.place(p)
+  m = _place(p)
   assert m.encodings == {
     "norm_big": "dense",  # 4·2 bits a target beats ~2.7 non-zeros · (2 + 2) bits
     "big_up": "dense",
@@ -106,17 +113,17 @@ def test_eight_bit_storage_and_block_placement():
   """8-bit weights take 4× a ternary weight's memory in dense groups (and move sparse ones to
   dense when that is smaller); "block" starts each block on a chip of its own."""
   p = _program()
-  m = mapping.place(p, placement=mapping.Placement(weights="8bit"))
+  m = _place(p, placement=mapping.Placement(weights="8bit"))
   assert m.encodings["up_sparse"] == "sparse"  # 5 · (8 + 7) + 8 bits beat 100 · 8
   assert [c.synapse_bytes for c in _cores(m, "big")] == [4 * 8192 * 8 // 8, 4 * 1808]
   up = _cores(m, "up")  # 10,000 · 8 bits + 1 B of state a neuron: 13 a core
   assert [c.stop - c.start for c in up][:2] == [13, 13] and len(up) == 8
   assert {c.bound for c in up[:-1]} == {"memory"} and up[-1].bound == "population"
-  b = mapping.place(p, placement=mapping.Placement(policy="block"))
+  b = _place(p, placement=mapping.Placement(policy="block"))
   assert [c.chip for c in b.cores] == [0, 0, 0, 1, 1, 1, 2]  # layer 0, layer 1, model level
   assert b.totals()["chip_bounds"] == {"block": 2, "end": 1}
   small = hardware.replace(hardware.DEFAULT, {"chip.cores": 2})
-  t = mapping.place(p, small).totals()
+  t = _place(p, small).totals()
   assert t["chips"] == 4 and t["chip_bounds"] == {"cores": 3, "end": 1}
   with pytest.raises(ValueError, match="placement weights='4bit'"):
     mapping.Placement(weights="4bit")
@@ -129,7 +136,7 @@ def test_skip_synapses_are_stored_but_not_ternary_weights():
   w[np.arange(50), np.arange(50)] = 1  # identity onto the first 50 neurons
   p = pg.Program(pg.VERSION, {}, {}, p.io, [], {}, [], p.populations, (*p.synapses, skip),
                  {**p.arrays, "skip": w})  # fmt: skip
-  base, m = mapping.place(_program()).totals(), mapping.place(p)
+  base, m = _place(_program()).totals(), _place(p)
   t = m.totals()
   assert (t["synapses"], t["weights"], t["skips"]) == (base["synapses"], base["weights"], 50)
   assert t["zero_share"] == base["zero_share"]
@@ -138,7 +145,7 @@ def test_skip_synapses_are_stored_but_not_ternary_weights():
 
 
 def test_by_layer_sums_to_totals():
-  m = mapping.place(_program())
+  m = _place(_program())
   layers = m.by_layer()
   assert list(layers) == [0, 1, None]
   assert [t["cores"] for t in layers.values()] == [3, 2 + 1, 1]
@@ -154,11 +161,11 @@ def test_by_layer_sums_to_totals():
 
 def test_chips():
   hw = hardware.replace(hardware.DEFAULT, {"chip": {"cores": 2}})
-  m = mapping.place(_program(), hw)
+  m = _place(_program(), hw)
   assert [c.chip for c in m.cores] == [0, 0, 1, 1, 2, 2, 3]
   assert m.totals()["chips"] == 4
   hw = hardware.replace(hardware.DEFAULT, {"chip.neurons": 10000})
-  assert [c.chip for c in mapping.place(_program(), hw).cores] == [0, 0, 1, 1, 1, 1, 1]
+  assert [c.chip for c in _place(_program(), hw).cores] == [0, 0, 1, 1, 1, 1, 1]
 
 
 def test_limits():
@@ -166,14 +173,14 @@ def test_limits():
   with pytest.raises(
     ValueError,
     match=r"population 'up': neuron 0 alone needs 2500 B of fan-in "
-    r"synapses and 1 B of state, more than a core's 2000 B",
+    r"synapses and 1 B of state, more than the 2000 B a core keeps beside 0 B of microcode",
   ):
-    mapping.place(_program(), hw)
+    _place(_program(), hw)
   hw = hardware.replace(hardware.DEFAULT, {"chip.neurons": 5000})
   with pytest.raises(
     ValueError, match=r"population 'big': one core's .* = \(1, 8192, \d+\) exceed"
   ):
-    mapping.place(_program(), hw)
+    _place(_program(), hw)
 
 
 def test_json_overrides_change_the_placement(tmp_path):
@@ -185,11 +192,16 @@ def test_json_overrides_change_the_placement(tmp_path):
   assert hw.core.neurons == hardware.Constant(4096, "neurons", f"override from {path}")
   assert hw.core.memory == hardware.Constant(65536, "bytes", "measured")
   assert hw.chip == hardware.DEFAULT.chip
-  m = mapping.place(_program(), hw)
+  m = _place(_program(), hw)
   big, up = _cores(m, "big"), _cores(m, "up")
   assert [(c.start, c.stop) for c in big] == [(0, 4096), (4096, 8192), (8192, 10000)]
   assert [(c.start, c.stop) for c in up] == [(0, 26), (26, 52), (52, 78), (78, 100)]  # 26 · 2501
   assert "`core.memory` = 65,536 bytes (measured)" in mapping.report(m)
+  # a 150-instruction program takes 600 B of each of up's cores: 25 neurons fit, not 26
+  m = _place(_program(), hw, code={"up": 150})
+  assert [c.stop - c.start for c in _cores(m, "up")] == [25, 25, 25, 25]
+  assert {c.microcode_bytes for c in _cores(m, "up")} == {150 * 32 // 8}
+  assert m.totals()["microcode_bytes"] == 4 * 600 and m.instructions["up"] == 150
 
 
 @pytest.mark.parametrize(

@@ -2,27 +2,41 @@
 are left out, hand counts of `product` and the LIF reference, and the quant settings move counts."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 
 from mmfree.algorithms import lower
-from mmfree.loihi import emulate, opcount, program
+from mmfree.loihi import cost, emulate, mapping, measure, opcount, program
 from mmfree.quant import calibrate
 from mmfree.store.checkpoint import read_params
 
 VARIANTS = {"base": {}, "lut32": {"lut_size": 32}, "relu": {"nonlinearity": "relu"},
-            "floor": {"rounding": "floor"}}  # fmt: skip
+            "floor": {"rounding": "floor"}, "act6": {"act_bits": 6}}  # fmt: skip
+
+
+def _scales(run, qcfg) -> dict:
+  """The scales `qcfg` chooses for the ranges the run's calibration observed."""
+  stats = json.loads((run / "quant" / "stats.json").read_text())
+  out = {k: calibrate.point_scale(calibrate.point_name(k), st["observed"], qcfg)
+         for k, st in stats.items()}  # fmt: skip
+  return {k: v for k, v in out.items() if v is not None}
 
 
 @pytest.fixture(scope="module")
 def programs(calibrated_run):
-  """The calibrated 2-layer model lowered with each variant of its QuantConfig (same scales)."""
+  """The calibrated 2-layer model lowered with each variant of its QuantConfig (the saved
+  scales; a variant of other widths has the scales it chooses for the same observed ranges)."""
   cfg, params = read_params(calibrated_run)
   qcfg, scales = calibrate.load(calibrated_run)
   base = dataclasses.replace(qcfg, lut_size=8, nonlinearity="silu", rounding="half_even")
-  return {name: lower.lower(params, cfg, dataclasses.replace(base, **kw), scales)
-          for name, kw in VARIANTS.items()}  # fmt: skip
+  out = {}
+  for name, kw in VARIANTS.items():
+    q = dataclasses.replace(base, **kw)
+    out[name] = lower.lower(params, cfg, q, _scales(calibrated_run, q) if "act_bits" in kw
+                            else scales)  # fmt: skip
+  return out
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +162,31 @@ def test_lif_reference_equals_a_hand_count():
           "lut_steps": 0, "state_read": 2, "state_write": 2}  # fmt: skip
   assert opcount.lif_ops() == want
   assert opcount.LIF_INSTRUCTIONS == 15
+
+
+def test_kinds_move_time_and_energy_at_fixed_sparsity(programs):
+  """LUT size, nonlinearity and activation width each move the predicted time and energy per
+  token with the activity (every synop, message and update count) held at the base program's."""
+  base = programs["base"]
+  tokens = np.random.default_rng(1).integers(0, base.model["vocab_size"], (1, 8))
+  totals = measure.activity_totals(emulate.Emulator(base).run(tokens))
+  r = {}
+  for name in ("base", "lut32", "relu", "act6"):
+    w = cost.workload(programs[name], mapping.place(programs[name]), totals, tokens.shape[1])
+    r[name] = cost.predict(w, prompts=())
+  for name in ("lut32", "relu", "act6"):  # the same activity (memory follows the microcode)
+    for k in ("synops_per_token", "processed_synops_per_token", "messages_per_token"):
+      assert r[name]["neurobench"][k] == r["base"]["neurobench"][k], (name, k)
+
+  def moved(name, part):
+    """(generation time's change, dynamic energy's change) of `part` against the base."""
+    g, e = r[name]["generation"]["ms_by_part"], r[name]["energy_mj_per_token"]
+    g0, e0 = r["base"]["generation"]["ms_by_part"], r["base"]["energy_mj_per_token"]
+    return np.sign(g[part] - g0[part]), np.sign(e[part] - e0[part])
+
+  assert moved("lut32", "updates") == (1, 1)  # a longer σ table search: more instructions
+  assert moved("relu", "updates") == (-1, -1)  # no table at all
+  assert moved("act6", "messages") == (-1, -1)  # 6-bit graded spikes: narrower messages
+  for name in ("lut32", "relu", "act6"):
+    assert r[name]["generation"]["ms_per_token"] != r["base"]["generation"]["ms_per_token"]
+    assert r[name]["generation"]["mj_per_token"] != r["base"]["generation"]["mj_per_token"]

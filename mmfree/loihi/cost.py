@@ -10,12 +10,19 @@ The model (spec/loihi2.md, "The cost model"; constants in `hardware.py`):
   cross a chip link.
 - A message of a b-bit graded spike moves header + b bits: its time and energy are a header-only
   spike's times (1 + b / header_bits), on chip and across chip links.
-- A core's work per token: synops·t_synop + updates·t_update + routed messages·t_message. A
-  timestep lasts as long as its busiest core, plus its busiest chip link, plus the barrier (the
-  measured timestep floor, plus a hop time per chip-to-chip hop across the near-square mesh).
+- A neuron update of a kind costs its instructions per update (`opcount`, traced from the
+  kind's integer kernel) over a LIF neuron's (`opcount.LIF_INSTRUCTIONS`) times a LIF update's
+  time and energy: the per-update constants are LIF figures. A core runs its microcoded neurons
+  one after another (measured on Loihi 2), so its update time is the sum over its neurons.
+- A core's work per token: synops·t_synop + updates·(instructions / LIF's)·t_update + routed
+  messages·t_message. A timestep lasts as long as its busiest core, plus its busiest chip link,
+  plus the barrier (the measured timestep floor, plus a hop time per chip-to-chip hop across
+  the near-square mesh).
 - Idle updates: in a timestep where a neuron has no input it still updates, at the idle cost
   (time per neuron on its core, energy per neuron). In generation a token passes one level per
   timestep, so every neuron idles in every level but its own; in prefill every level is busy.
+  The idle cost is one per neuron whatever its kind (assumption: a neuron without input skips
+  its program; Loihi 1's inactive-update figures).
 - Generation: a token passes the pipeline alone, one timestep per depth level, each as long as that
   level's busiest core; then the host samples. Prefill streams a token per timestep once the
   pipeline is full, every level busy at once. TTFT(P) = (P - 1) prefill timesteps + one pass.
@@ -29,7 +36,7 @@ import math
 
 import numpy as np
 
-from mmfree.loihi import hardware
+from mmfree.loihi import hardware, opcount
 from mmfree.loihi.mapping import Mapping
 from mmfree.loihi.program import HOST, Program, is_skip
 
@@ -50,6 +57,7 @@ class Workload:
   work: dict  # KINDS name -> float64 [C], per token
   messages: np.ndarray  # [P] graded spikes sent per token, per population (before routing)
   message_bits: tuple  # payload bits of each population's graded spikes
+  instructions: tuple  # microcode instructions per neuron update, per population
   neurons: int
   synapses: int  # non-zero ternary weights on chip
   dense_synops: int  # per token, were every weight and message non-zero
@@ -75,7 +83,8 @@ class Workload:
     if missing:
       raise ValueError(f"workload: missing {missing}: rerun `mmfree measure` to rewrite it")
     d = {**d, "work": {k: np.asarray(d["work"][k], np.float64) for k in KINDS}}
-    d |= {k: tuple(d[k]) for k in ("populations", "layers", "depth", "message_bits")}
+    d |= {k: tuple(d[k]) for k in ("populations", "layers", "depth", "message_bits",
+                                   "instructions")}  # fmt: skip
     d |= {k: np.asarray(d[k], np.int64) for k in ("core_population", "core_chip", "core_neurons")}
     return cls(**{**d, "messages": np.asarray(d["messages"], np.float64)})
 
@@ -119,6 +128,7 @@ def workload(program: Program, mapping: Mapping, activity: dict, tokens: int) ->
     },
     messages=per_token["messages"],
     message_bits=tuple(q.out_bits for q in program.populations),
+    instructions=tuple(float(mapping.instructions[n]) for n in names),
     neurons=t["neurons"],
     synapses=t["synapses"],
     dense_synops=sum(  # a skip connection is one add per neuron, not an n × n product
@@ -126,7 +136,7 @@ def workload(program: Program, mapping: Mapping, activity: dict, tokens: int) ->
       for s in program.synapses
       if HOST not in (s.source, s.target)
     ),
-    memory_bytes=t["synapse_bytes"] + t["state_bytes"],
+    memory_bytes=t["synapse_bytes"] + t["state_bytes"] + t["microcode_bytes"],
     effective_synops=effective,
     tokens=tokens,
   )
@@ -174,10 +184,16 @@ def _headers(w: Workload, hw: hardware.Hardware) -> dict:
   return {k: w.work[k] * width_C for k in ("routed", "interchip")}
 
 
-def _core_parts(w: Workload, hw: hardware.Hardware, headers: dict) -> dict:
+def lif_updates(w: Workload) -> np.ndarray:
+  """Each core's neuron updates per token in LIF updates: × instructions / LIF's, [C]."""
+  scale_C = np.asarray(w.instructions, np.float64)[w.core_population] / opcount.LIF_INSTRUCTIONS
+  return w.work["updates"] * scale_C
+
+
+def _core_parts(w: Workload, hw: hardware.Hardware, headers: dict, lif_C: np.ndarray) -> dict:
   """Each core's time per token by kind of work, [C] each."""
   t = hw.time
-  return {"synops": w.work["synops"] * t.synop.value, "updates": w.work["updates"] * t.update.value,
+  return {"synops": w.work["synops"] * t.synop.value, "updates": lif_C * t.update.value,
           "messages": headers["routed"] * t.message.value}  # fmt: skip
 
 
@@ -202,8 +218,8 @@ def _step_parts(w: Workload, hw: hardware.Hardware, cores: np.ndarray, parts: di
 
 def predict(w: Workload, hw: hardware.Hardware = hardware.DEFAULT, prompts=PROMPTS) -> dict:
   """Throughput, latency and energy per token; breakdowns per population and layer."""
-  headers = _headers(w, hw)
-  parts = _core_parts(w, hw, headers)
+  headers, lif_C = _headers(w, hw), lif_updates(w)
+  parts = _core_parts(w, hw, headers, lif_C)
   core_s = sum(parts.values())
   step = (parts, core_s, w.core_neurons * hw.time.idle.value, headers["interchip"])
   depth_C = np.asarray(w.depth)[w.core_population]
@@ -215,7 +231,7 @@ def predict(w: Workload, hw: hardware.Hardware = hardware.DEFAULT, prompts=PROMP
   prefill_parts = _step_parts(w, hw, np.ones(len(core_s), bool), *step)
   prefill_s = sum(prefill_parts.values())
   gen_parts = {k: 1e3 * sum(p[k] for p in level_parts.values()) for k in prefill_parts}
-  joules_C = _core_joules(w, hw, headers)
+  joules_C = _core_joules(w, hw, headers, lif_C)
   dynamic = {k: float(v.sum()) for k, v in joules_C.items()}
   # every neuron idles in every generation timestep but its own level's
   idle_j = float(w.core_neurons.sum()) * (len(levels) - 1) * hw.energy.idle.value
@@ -253,6 +269,7 @@ def predict(w: Workload, hw: hardware.Hardware = hardware.DEFAULT, prompts=PROMP
       str(p): 1e3 * ((p - 1) * prefill_s + pass_s + host_s) for p in prompts
     },  # fmt: skip
     "neurobench": neurobench(w),
+    "updates": {"per_token": float(w.work["updates"].sum()), "lif_per_token": float(lif_C.sum())},
     "resources": {
       "chips": w.chips,
       "cores": len(core_s),
@@ -279,12 +296,12 @@ def neurobench(w: Workload) -> dict:
   }
 
 
-def _core_joules(w: Workload, hw: hardware.Hardware, headers: dict) -> dict:
+def _core_joules(w: Workload, hw: hardware.Hardware, headers: dict, lif_C: np.ndarray) -> dict:
   """Dynamic energy per core and token, by operation kind."""
   e = hw.energy
   return {
     "synops": w.work["synops"] * e.synop.value,
-    "updates": w.work["updates"] * e.update.value,
+    "updates": lif_C * e.update.value,
     "messages": headers["routed"] * e.message.value,
     "interchip": headers["interchip"] * e.interchip.value,
   }
@@ -297,6 +314,7 @@ def _by_population(w: Workload, joules: np.ndarray, core_s, level_s: dict) -> li
     mine = w.core_population == i
     rows.append({
       "population": name, "layer": w.layers[i], "depth": w.depth[i], "cores": int(mine.sum()),
+      "instructions": w.instructions[i],
       "dynamic_uj": 1e6 * float(joules[mine].sum()),
       "busiest_core_us": 1e6 * float(core_s[mine].max()),
       "level_us": 1e6 * float(level_s[w.depth[i]]),

@@ -84,6 +84,7 @@ class Formats:
   spike_bits: Constant  # graded-spike payload
   weight_bits: Constant  # synaptic weight, before its group's shared exponent
   header_bits: Constant  # a message's routing header: a b-bit graded spike moves header + b bits
+  instruction_bits: Constant  # one microcode instruction in a core's memory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +97,7 @@ class Systems:
 @dataclasses.dataclass(frozen=True)
 class Time:
   synop: Constant  # one core's time per synaptic operation
-  update: Constant  # one core's time per neuron update
+  update: Constant  # one core's time per LIF neuron update (a kind's: × its instructions / LIF's)
   idle: Constant  # one core's time per neuron per timestep in which the neuron has no input
   message: Constant  # one core's time to send a header-only (binary) spike
   barrier: Constant  # end-of-timestep barrier within a chip
@@ -108,7 +109,7 @@ class Time:
 @dataclasses.dataclass(frozen=True)
 class Energy:
   synop: Constant
-  update: Constant
+  update: Constant  # a LIF neuron update (a kind's: × its instructions / LIF's)
   idle: Constant  # a neuron's update in a timestep without input
   message: Constant  # a header-only spike within a chip (send plus an average hop)
   interchip: Constant  # a message crossing a chip boundary
@@ -152,6 +153,13 @@ DEFAULT = Hardware(
       "assumption: one 32-bit routing word per message (Loihi's packet format is not published)",
       "assumption",
     ),
+    instruction_bits=Constant(
+      32,
+      "bits",
+      "assumption: one 32-bit word per microcode instruction, stored once per core (the neuron "
+      "program's encoding is not published)",
+      "assumption",
+    ),
   ),
   systems=Systems(
     oheo_gulch=Constant(1, "chips", f"{BRIEF}; {SPEC}", "vendor"),
@@ -168,7 +176,8 @@ DEFAULT = Hardware(
     update=Constant(
       HALA_CORES / HALA_NEURON_OPS_PER_S,
       "s",
-      f"derived: {HALA_POINT}, 140,544 cores / 240e12 neuron operations per s (a peak rate)",
+      f"derived: {HALA_POINT}, 140,544 cores / 240e12 neuron operations per s (a peak rate), "
+      "each taken as a LIF update (assumption: the benchmark neuron is not published)",
       "derived",
     ),
     idle=Constant(5.3e-9, "s", f"{DAVIES}, inactive neuron update; {LOIHI1}", "loihi1"),
@@ -209,7 +218,7 @@ DEFAULT = Hardware(
     update=Constant(
       _SYNOP_J * L1_UPDATE_PJ / L1_SYNOP_PJ,
       "J",
-      "derived: as energy.synop, times 81 / 23.6",
+      "derived: as energy.synop, times 81 / 23.6 (a Loihi 1 LIF update)",
       "derived",
     ),
     idle=Constant(

@@ -11,8 +11,10 @@ The memory model (assumptions: Loihi 2's synapse encodings are not published in 
   Loihi 2: dense connection processes do not cull them), so the cost model charges them.
 - A neuron's state is Σ state_bits plus, for each per-neuron parameter array, the signed width of
   the array's largest value (times its values per neuron).
-- A core's synapse bytes and state bytes (each rounded up to whole bytes) share its memory
-  (`hw.core.memory`); microcode and routing tables are not charged.
+- A core holds its population's neuron program once: the kind's instructions per update
+  (`opcount`, traced from its kernel) at `formats.instruction_bits` each.
+- A core's synapse bytes, state bytes and microcode bytes (each rounded up to whole bytes)
+  share its memory (`hw.core.memory`); routing tables are not charged.
 - Populations don't share cores: simple, and it over-counts cores for small populations.
 - Synapse groups with a host endpoint live on the host and take no core memory.
 - Cores fill chips in program order, within the chip's cores, neurons and synapses; with
@@ -23,13 +25,15 @@ The memory model (assumptions: Loihi 2's synapse encodings are not published in 
 """
 
 import dataclasses
+import math
 
 import numpy as np
 
-from mmfree.loihi import fixed, hardware
+from mmfree.loihi import fixed, hardware, opcount
 from mmfree.loihi.program import HOST, Population, Program, Synapses, is_skip
 
-SUMMED = ("neurons", "synapses", "weights", "skips", "synapse_bytes", "state_bytes")
+SUMMED = ("neurons", "synapses", "weights", "skips", "synapse_bytes", "state_bytes",
+          "microcode_bytes")  # fmt: skip
 WEIGHTS = ("min", "8bit")  # stored weight width: the values' own, or the published 8 bits
 POLICIES = ("pack", "block")
 
@@ -65,6 +69,7 @@ class Core:
   skips: int  # identity (skip-connection) synapses: stored, but not ternary weights
   synapse_bytes: int
   state_bytes: int
+  microcode_bytes: int
   bound: str  # what ended the core: "memory", "neurons" (core.neurons) or "population"
 
   @property
@@ -79,6 +84,7 @@ class Mapping:
   hw: hardware.Hardware
   placement: Placement = Placement()
   chip_bounds: tuple = ()  # per chip: "cores", "neurons", "synapses", "block" or "end"
+  instructions: dict = dataclasses.field(default_factory=dict)  # population -> per update
 
   @property
   def chips(self) -> int:
@@ -139,10 +145,16 @@ def state_bits(program: Program, q: Population) -> int:
   return sum(q.state_bits.values()) + sum(_signed_bits(a) * (a.size // q.size) for a in arrays)
 
 
-def _split(q: Population, syn_bits: np.ndarray, neuron_bits: int, hw: hardware.Hardware):
+def microcode_bytes(instructions: float, hw: hardware.Hardware) -> int:
+  """Bytes of a neuron program of `instructions` per update (a whole instruction each)."""
+  return (math.ceil(instructions) * hw.formats.instruction_bits.value + 7) // 8
+
+
+def _split(q: Population, syn_bits: np.ndarray, neuron_bits: int, code: int,
+           hw: hardware.Hardware):  # fmt: skip
   """(start, stop, synapse bytes, state bytes, bound) of contiguous neuron ranges that fit a
-  core; bound says what ended the range."""
-  max_n, mem = hw.core.neurons.value, hw.core.memory.value
+  core beside `code` bytes of microcode; bound says what ended the range."""
+  max_n, mem = hw.core.neurons.value, hw.core.memory.value - code
   cum = np.concatenate([[0], np.cumsum(syn_bits)])
   start = 0
   while start < q.size:
@@ -152,7 +164,8 @@ def _split(q: Population, syn_bits: np.ndarray, neuron_bits: int, hw: hardware.H
     if fit == 0:
       raise ValueError(
         f"population {q.name!r}: neuron {start} alone needs {syn[0]} B of fan-in synapses and "
-        f"{state[0]} B of state, more than a core's {mem} B (core.memory): use fewer weight bits, "
+        f"{state[0]} B of state, more than the {mem} B a core keeps beside {code} B of microcode "
+        "(core.memory): use fewer weight bits, "
         "sparser weights or a smaller fan-in, or override core.memory"
       )
     bound = ("population" if start + fit == q.size else
@@ -185,8 +198,15 @@ def _chips(cores: list[dict], hw: hardware.Hardware, policy: str) -> tuple[list[
 
 
 def place(program: Program, hw: hardware.Hardware = hardware.DEFAULT,
-          placement: Placement = Placement()) -> Mapping:  # fmt: skip
-  """Every population on its own cores (split by neuron ranges when needed), cores on chips."""
+          placement: Placement = Placement(),
+          instructions: dict | None = None) -> Mapping:  # fmt: skip
+  """Every population on its own cores (split by neuron ranges when needed), cores on chips.
+  `instructions` per update of each population: traced from its kernel (`opcount`) when None."""
+  if instructions is None:
+    instructions = opcount.program_instructions(program)
+  missing = sorted({q.name for q in program.populations} - set(instructions))
+  if missing:
+    raise ValueError(f"instructions: no count for populations {missing[:5]}")
   groups = [s for s in program.synapses if HOST not in (s.source, s.target)]
   bits = {s.name: placement.weight_bits(s) for s in groups}
   nnz_g = {s.name: program.nnz(s.name) for s in groups}
@@ -208,7 +228,9 @@ def place(program: Program, hw: hardware.Hardware = hardware.DEFAULT,
         skips += col
       else:
         nnz, fan_in = nnz + col, fan_in + s.n_in
-    for start, stop, syn_b, state_b, bound in _split(q, syn_bits, state_bits(program, q), hw):
+    code = microcode_bytes(instructions[q.name], hw)
+    for start, stop, syn_b, state_b, bound in _split(q, syn_bits, state_bits(program, q), code,
+                                                     hw):  # fmt: skip
       cores.append(
         {
           "population": q.name,
@@ -220,28 +242,29 @@ def place(program: Program, hw: hardware.Hardware = hardware.DEFAULT,
           "skips": int(skips[start:stop].sum()),
           "synapse_bytes": syn_b,
           "state_bytes": state_b,
+          "microcode_bytes": code,
           "bound": bound,
         }
       )
   chips, chip_bounds = _chips(cores, hw, placement.policy)
   placed = tuple(Core(chip=k, **c) for k, c in zip(chips, cores, strict=True))
-  return Mapping(placed, encodings, hw, placement, tuple(chip_bounds))
+  return Mapping(placed, encodings, hw, placement, tuple(chip_bounds), dict(instructions))
 
 
 def report(mapping: Mapping) -> str:
   """Markdown: per-layer and total resources, then the constants the placement used."""
   head = (
     "| layer | cores | neurons | ternary weights | non-zero | zeros | skip synapses "
-    "| synapse KiB | state KiB |"
+    "| synapse KiB | state KiB | microcode KiB |"
   )
-  rows = [head, "|---|" + "---:|" * 8]
+  rows = [head, "|---|" + "---:|" * 9]
   table = {**mapping.by_layer(), "total": mapping.totals()}
   for layer, t in table.items():
     name = {None: "model", "total": "**total**"}.get(layer, layer)
     rows.append(
       f"| {name} | {t['cores']} | {t['neurons']:,} | {t['weights']:,} | {t['synapses']:,} | "
       f"{t['zero_share']:.1%} | {t['skips']:,} | {t['synapse_bytes'] / 1024:,.1f} | "
-      f"{t['state_bytes'] / 1024:,.1f} |"
+      f"{t['state_bytes'] / 1024:,.1f} | {t['microcode_bytes'] / 1024:,.1f} |"
     )
   t = mapping.totals()
   p = mapping.placement
@@ -249,7 +272,7 @@ def report(mapping: Mapping) -> str:
            f"placement {p.policy}). Cores bound by {reasons(t['core_bounds'])}; chips bound by "
            f"{reasons(t['chip_bounds'])}. Constants used:", ""]  # fmt: skip
   for name, c in hardware.constants(mapping.hw).items():
-    if name.startswith(("core.", "chip.")):
+    if name.startswith(("core.", "chip.", "formats.instruction")):
       lines.append(f"- `{name}` = {c.value:,} {c.unit} ({c.source})")
   return "\n".join(rows + lines) + "\n"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mmfree.core.files import CONFIG, MEASURE, PROGRAM
 from mmfree.loihi import backend as backends
-from mmfree.loihi import bundle_io, cost, emulate, hardware, mapping, program
+from mmfree.loihi import bundle_io, cost, emulate, hardware, mapping, opcount, program
 
 
 def load_constants(path: str | Path | None) -> hardware.Hardware:
@@ -85,7 +85,8 @@ def emulate_report(result, seconds: dict, tokens: list[int]) -> dict:
 def placements(prog, hw: hardware.Hardware, totals: dict, steps: int,
                done: tuple | None = None) -> list[dict]:  # fmt: skip
   """The prediction under every stored weight width and chip policy, on the same activity;
-  `done` = (placement, its mapping, its prediction) is reused, not placed again."""
+  `done` = (placement, its mapping, its prediction) is reused, not placed again, and its
+  instruction counts are the others' too."""
   rows = []
   for weights in mapping.WEIGHTS:
     for policy in mapping.POLICIES:
@@ -93,7 +94,7 @@ def placements(prog, hw: hardware.Hardware, totals: dict, steps: int,
       if done is not None and pl == done[0]:
         m, p = done[1], done[2]
       else:
-        m = mapping.place(prog, hw, pl)
+        m = mapping.place(prog, hw, pl, done and done[1].instructions)
         p = cost.predict(cost.workload(prog, m, totals, steps), hw, prompts=(500,))
       t = m.totals()
       rows.append({"weights": weights, "policy": policy, "chips": t["chips"],
@@ -113,7 +114,8 @@ def measure(bundle: Path, tokens: list[int], new_tokens: int, constants: str | P
   result, seconds = run_bundle(bundle, tokens, new_tokens, **run_kw)
   steps = result.logits.shape[1]  # every token the program consumed
   totals = activity_totals(result)
-  placed = mapping.place(prog, hw, placement)
+  ops = opcount.program_ops(prog)
+  placed = mapping.place(prog, hw, placement, {n: opcount.instructions(o) for n, o in ops.items()})
   work = cost.workload(prog, placed, totals, steps)
   prediction = cost.predict(work, hw)
   return {
@@ -130,12 +132,39 @@ def measure(bundle: Path, tokens: list[int], new_tokens: int, constants: str | P
     "placement": dataclasses.asdict(placement),
     "bounds": {k: placed.totals()[k] for k in ("core_bounds", "chip_bounds")},
     "placements": placements(prog, hw, totals, steps, (placement, placed, prediction)),
+    "kinds": kinds(prog, ops),
     "constants_file": str(constants or ""),
     "constants": {k: dataclasses.asdict(c) for k, c in hardware.constants(hw).items()},
     "workload": work.to_json(),
     "per_step": {q: {k: v.tolist() for k, v in a.items()} for q, a in result.activity.items()},
     "clips": clip_report(result, steps) if result.clips else None,  # Lava: with --verify
   }
+
+
+def kinds(prog, ops: dict) -> dict:
+  """Per neuron kind: its populations and their mean ops per neuron update by class (`opcount`),
+  with the instructions they add up to and the share of a LIF update's."""
+  out = {}
+  for q in prog.populations:
+    out.setdefault(q.kind, []).append(ops[q.name])
+  return {kind: {"populations": len(rows),
+                 **{k: sum(r[k] for r in rows) / len(rows) for k in opcount.OPS},
+                 "instructions": sum(map(opcount.instructions, rows)) / len(rows),
+                 "lif_updates": sum(map(opcount.instructions, rows)) / len(rows)
+                 / opcount.LIF_INSTRUCTIONS}
+          for kind, rows in out.items()}  # fmt: skip
+
+
+def kind_table(r: dict) -> str:
+  """Markdown: each neuron kind's ops per update, traced from its integer kernel."""
+  cols = ("add", "multiply", "shift", "compare", "select", "lut", "lut_steps")
+  lines = ["| kind | populations | " + " | ".join(cols) + " | state r/w | instructions | × LIF |",
+           "|---|" + "---:|" * (len(cols) + 4)]  # fmt: skip
+  for kind, k in r["kinds"].items():
+    lines.append(f"| {kind} | {k['populations']} | " + " | ".join(f"{k[c]:.3g}" for c in cols)
+                 + f" | {k['state_read'] + k['state_write']:.3g} | {k['instructions']:.1f} | "
+                 f"{k['lif_updates']:.2f} |")  # fmt: skip
+  return "\n".join(lines)
 
 
 def table(r: dict) -> str:
@@ -155,6 +184,9 @@ def table(r: dict) -> str:
     ("host per token", f"{r['host']['ms_per_token']:.3g} ms",
      f"{r['host']['mj_per_token']:.3g} mJ (outside the chip's power boundary)",
      f"{r['host']['share_of_generation_time']:.1%} of generation time"),
+    ("neuron updates per token", f"{r['updates']['per_token']:,.0f} updates",
+     f"{r['updates']['lif_per_token']:,.0f} LIF updates' worth",
+     "instructions per update traced from each kind's kernel (kinds table)"),
     ("activity per token", f"{n['synops_per_token']:,.0f} synops",
      f"{n['messages_per_token']:,.0f} messages",
      f"activation sparsity {n['activation_sparsity']:.1%}; dense synops "

@@ -293,6 +293,11 @@ def program_ops(program: Program) -> dict[str, dict[str, float]]:
   return {q.name: _kernel_ops(program, emu, q, pops) for q in program.populations}
 
 
+def program_instructions(program: Program) -> dict[str, float]:
+  """Microcode instructions per neuron update of every population (`instructions`)."""
+  return {name: instructions(ops) for name, ops in program_ops(program).items()}
+
+
 def _by_name(program: Program) -> dict:
   return {q.name: q for q in program.populations}
 

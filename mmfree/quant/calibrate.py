@@ -54,6 +54,17 @@ def choose_scale(amax: float, bits: int, cfg: QuantConfig) -> Scale:
   return Scale(2.0 ** int(pow2_exponent(np.float64(amax), bits, cfg.pow2_mode)), bits)
 
 
+def point_scale(name: str, amax: float, cfg: QuantConfig) -> Scale | None:
+  """The frozen scale of point `name` for its observed range `amax`; None where it has none."""
+  if name == "bitlinear_in" and cfg.bitlinear_input == "per_token":
+    return None  # quantized per token by its BitLinear, not with a frozen scale
+  if name == "rms_ms" and cfg.rmsnorm == "int":
+    return None  # the integer norm's sum of squares is exact: no format to choose
+  if name in hw.FIXED_POINTS:  # the kernels' own formats: recorded, for saturation counts
+    return hw.fixed_format(name, cfg)
+  return choose_scale(amax, cfg.bits_of(name), cfg)
+
+
 def _run(forward, model, batches, desc: str) -> dict[str, list]:
   out: dict[str, list] = {}
   for batch in tqdm(batches, desc=desc, unit="batch", leave=False):
@@ -74,14 +85,9 @@ def calibrate(model: nnx.Module, batches: list, cfg: QuantConfig) -> tuple[dict,
     if not cfg.enabled(name):
       continue
     amax = observe(recs, cfg)
-    if name == "bitlinear_in" and cfg.bitlinear_input == "per_token":
-      continue  # quantized per token by its BitLinear, not with a frozen scale
-    if name == "rms_ms" and cfg.rmsnorm == "int":
-      continue  # the integer norm's sum of squares is exact: no format to choose
-    if name in hw.FIXED_POINTS:  # the kernels' own formats: recorded, for saturation counts
-      scales[key] = hw.fixed_format(name, cfg)
-    else:
-      scales[key] = choose_scale(amax, cfg.bits_of(name), cfg)
+    if (scale := point_scale(name, amax, cfg)) is None:
+      continue
+    scales[key] = scale
     stats[key] = {
       "point": name,
       "min": min(float(r["min"]) for r in recs),
