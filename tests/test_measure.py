@@ -10,7 +10,7 @@ import pytest
 
 from mmfree import configs, results
 from mmfree.cli import main
-from mmfree.loihi import bundle_io, hardware
+from mmfree.loihi import bundle_io, hardware, opcount
 from mmfree.run import run_experiment
 
 ROOT = Path(__file__).parent.parent
@@ -51,8 +51,11 @@ def test_energy_differences_come_from_counted_activity(measured_sweep):
     assert (
       effective == pytest.approx(r["per_token"]["synops"], rel=1e-12) and processed >= effective
     )
-    want = {"synops": processed * e["energy.synop"],
-            "updates": r["per_token"]["updates"] * e["energy.update"]}  # fmt: skip
+    # each population's counted updates, priced at its instructions over a LIF update's
+    lif = sum(sum(r["per_step"][q["population"]]["updates"]) / r["tokens"] * q["instructions"]
+              for q in r["by_population"]) / opcount.LIF_INSTRUCTIONS  # fmt: skip
+    assert lif > r["per_token"]["updates"]  # every fused kind runs more than a LIF's program
+    want = {"synops": processed * e["energy.synop"], "updates": lif * e["energy.update"]}
     for kind, j in want.items():
       assert r["energy_mj_per_token"][kind] == pytest.approx(1e3 * j, rel=1e-9), kind
   assert m[0]["per_token"]["synops"] != m[1]["per_token"]["synops"]
