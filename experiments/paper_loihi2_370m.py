@@ -22,19 +22,24 @@ run through the emulator on 32 held-out tokens plus 8 generated; the activity go
 cost model with the sourced, unfitted constants of `mmfree.loihi.hardware` (or
 `--config.loihi.constants=FILE`, e.g. one fitted by `mmfree measure --fit`).
 
-Measured (2-core CPU, ~10 min, random weights; `mmfree measure RUN --weights 8bit`, 47 tokens):
-339 populations, 464,128 neurons; 8-bit weights (the published deployment's) fill 2,915 cores on
+Measured (2-core CPU, ~10 min, random weights; `mmfree measure RUN --weights 8bit`, 39 tokens):
+339 populations, 464,128 neurons; 8-bit weights (the published deployment's) fill 2,942 cores on
 23 chips (cores bound by memory; chips by their 128 cores); 307M synaptic operations per token
-(zero weights of dense groups included); 267 timesteps per token. Unfitted, with the sourced
-constants: generation 55.0 tokens/s (0.93x the published 59.4) at 90.3 mJ/token (1.28x the
-published 70.8). Static power (the measured 0.213 W a Loihi 2 board) is 99% of the energy;
-messages set 59% of the generation time (synops 21%, idle neurons 7%). Stored at their own
-2 bits, the weights fit 8 chips: 48.8 tokens/s at 36.0 mJ/token; "block" placement (a chip
-group per block) 57.7 tokens/s at 97.1 mJ/token (8-bit). `experiments/loihi2_370m_fitted.json`
-(`mmfree measure --fit` on the two published figures: time.synop 0.241 ns, energy.static 0.180 W
+(zero weights of dense groups included); 267 timesteps per token. Neuron updates are priced by
+the instructions traced from each kind's kernel (MLGRU 290 a neuron, 19x a LIF update; GLU 163;
+product 16): 464k updates a token weigh 2.4M LIF updates. Unfitted, with the sourced constants:
+generation 54.3 tokens/s (0.91x the published 59.4) at 91.5 mJ/token (1.29x the published 70.8).
+Static power (the measured 0.213 W a Loihi 2 board) is 99% of the energy (dynamic 0.76 mJ:
+synops 0.60, inter-chip 0.14, updates 0.016; idle neurons 0.53 mJ); messages set 60% of the
+generation time (synops 21%, idle neurons 7%, chip links 7%, barriers 4%, updates 2%). Stored at
+their own 2 bits, the weights fit 8 chips: 48.2 tokens/s at 36.5 mJ/token; "block" placement (a
+chip group per block) 56.7 tokens/s at 98.9 mJ/token (8-bit). `experiments/loihi2_370m_fitted.json`
+(`mmfree measure --fit` on the two published figures: time.synop 0.217 ns, energy.static 0.180 W
 a chip) is calibrated, not validated (2 figures, 2 free constants); it predicts TTFT at a
-500-token prompt of 475 ms, beside the published 6.6x advantage over a Jetson Orin Nano (whose
-TTFT is not published).
+500-token prompt of 421 ms, beside the published 6.6x advantage over a Jetson Orin Nano (whose
+TTFT is not published). Prefill is message-bound at lm_head.in: one core of 1,024 neurons sends
+each value to every lm_head core (663 us a timestep); spreading such a source over more cores is
+a placement the mapper does not make yet.
 """
 
 from pathlib import Path
