@@ -19,9 +19,13 @@ def _experiment(spec: str | None, extra: list[str]):
 
 def cmd_run(args, extra):
   from mmfree import configs, results
+  from mmfree.algorithms import distributed
   from mmfree.run import run_experiment
 
+  _join(args)
   run_experiment(_experiment(args.spec, extra), Path(args.workdir))
+  if not distributed.is_main():
+    return
   print(results.summary(Path(args.workdir)))
   report = configs.report_hook(args.spec)
   if report is not None:  # the experiment's own comparison (published figures, say)
@@ -31,7 +35,22 @@ def cmd_run(args, extra):
 def cmd_train(args, extra):
   from mmfree.run import run_experiment
 
+  _join(args)
   run_experiment(_experiment(args.config, extra), Path(args.workdir), only=("train",))
+
+
+def _join(args):
+  """Join a multi-process run (`--coordinator`, the MMFREE_* variables, or SLURM's srun)."""
+  from mmfree.algorithms import distributed
+
+  distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+
+
+def _processes(p: argparse.ArgumentParser):
+  g = p.add_argument_group("multi-process training (jax.distributed; auto-detected under srun)")
+  g.add_argument("--coordinator", help="HOST:PORT of process 0 (or MMFREE_COORDINATOR)")
+  g.add_argument("--num-processes", type=int, help="processes in the run (or MMFREE_NUM_PROCESSES)")
+  g.add_argument("--process-id", type=int, help="this process, 0 to N-1 (or MMFREE_PROCESS_ID)")
 
 
 def cmd_eval(args, extra):
@@ -307,11 +326,13 @@ def parser() -> argparse.ArgumentParser:
   r = sub.add_parser("run", help="run an experiment's stages in order (resumable)")
   r.add_argument("spec", help="experiments/<name>.py[:arg]")
   r.add_argument("--workdir", required=True, help="the run directory")
+  _processes(r)
   r.set_defaults(fn=cmd_run)
 
   t = sub.add_parser("train", help="the train stage alone")
   t.add_argument("--config", default=None, help="experiments/<name>.py[:arg] (default: built-in)")
   t.add_argument("--workdir", required=True, help="the run directory")
+  _processes(t)
   t.set_defaults(fn=cmd_train)
 
   e = sub.add_parser("eval", help="loss, perplexity and bits per byte (--data.<key>=... as "
@@ -430,8 +451,14 @@ def main(argv=None):
   args, extra = parser().parse_known_args(argv)
   try:
     code = args.fn(args, extra)
-  except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError, TimeoutError) as e:
-    sys.exit(f"mmfree {args.cmd}: error: {e}")
+  except BaseException as e:
+    if "mmfree.algorithms.distributed" in sys.modules and not isinstance(e, SystemExit):
+      # the other processes of a multi-process run stop too, with this message
+      sys.modules["mmfree.algorithms.distributed"].report_failure(e)
+    if isinstance(e, ValueError | FileNotFoundError | FloatingPointError | RuntimeError |
+                  TimeoutError):  # fmt: skip
+      sys.exit(f"mmfree {args.cmd}: error: {e}")
+    raise
   if code:
     sys.exit(code)
 

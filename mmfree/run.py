@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from mmfree import stages
+from mmfree.algorithms import distributed
 from mmfree.core import experiment
 from mmfree.core.experiment import Experiment
 from mmfree.core.files import CONFIG, STATUS, exclusive, sigterm_as_interrupt, write_json
@@ -25,7 +26,8 @@ def _check_same_experiment(run_dir: Path, exp: Experiment):
   if not path.exists():
     return
   changed = experiment.config_changes(json.loads(path.read_text()), exp.to_dict())
-  ignored = ("experiment.", "tracking.", "stages", "eval.", "loihi.")  # not what was trained
+  # not what was trained: the mesh changes where it runs, not what it computes
+  ignored = ("experiment.", "tracking.", "stages", "eval.", "loihi.", "mesh.", "train.prefetch")
   changed = [k for k in changed if not k.startswith(ignored)]
   if changed:
     raise ValueError(
@@ -35,8 +37,14 @@ def _check_same_experiment(run_dir: Path, exp: Experiment):
 
 
 def run_experiment(exp: Experiment, run_dir: Path, only: tuple[str, ...] | None = None):
-  """Run the experiment's stages (or `only` these) in order; status.json says where it got to."""
+  """Run the experiment's stages (or `only` these) in order; status.json says where it got to.
+  In a multi-process run, process 0 holds the lock and writes every file and runs the stages
+  after training alone; the other processes take part in the train stage only."""
   run_dir = Path(run_dir)
+  if not distributed.is_main():
+    if "train" in (only or exp.stages):
+      stages.STAGES["train"](exp, run_dir)
+    return
   run_dir.mkdir(parents=True, exist_ok=True)
   busy = ValueError(f"another mmfree process is running in {run_dir}")
   with exclusive(run_dir / ".lock", busy), sigterm_as_interrupt():

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from mmfree.algorithms import calibrate as calibration
-from mmfree.algorithms import evaluate, train
+from mmfree.algorithms import distributed, evaluate, train
 from mmfree.algorithms import lower as lowering
 from mmfree.algorithms.load import load
 from mmfree.core import digest, files
@@ -86,15 +86,18 @@ def stage_train(exp: Experiment, run_dir: Path):
   model_cfg = model_config(exp, data.vocab_size, data.tokenizer)
   info = {**data.info, "identity": identity}
   resolved = {**exp.to_dict(), "model": model_cfg.to_dict(), "data_info": info}
-  write_json(run_dir / files.CONFIG, resolved)
-  if data.tokenizer is not None:
-    data.tokenizer.save(run_dir)
+  main = distributed.is_main()  # the other processes of a multi-process run write nothing
+  if main:
+    write_json(run_dir / files.CONFIG, resolved)
+    if data.tokenizer is not None:
+      data.tokenizer.save(run_dir)
   hw = qat_scales(exp, run_dir) if model_cfg.precision == "hw" else None
-  tracker = Tracker(run_dir, exp.tracking, resolved)
+  tracker = Tracker(run_dir, exp.tracking, resolved) if main else None
   try:
-    train.train(run_dir, model_cfg, exp.train, data, tracker, hw)
+    train.train(run_dir, model_cfg, exp.train, data, tracker, hw, exp.mesh)
   finally:
-    tracker.close()
+    if tracker is not None:
+      tracker.close()
 
 
 def _calibrate_if_stale(exp: Experiment, run_dir: Path, source: Path):

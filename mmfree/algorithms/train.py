@@ -13,11 +13,10 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from mmfree.algorithms import evaluate
-from mmfree.core.train import TrainConfig
+from mmfree.algorithms import evaluate, mesh
+from mmfree.core.train import MeshConfig, TrainConfig
 from mmfree.data import pipeline
 from mmfree.models import MMfreeLM, ModelConfig
 from mmfree.quant.points import set_hw
@@ -53,10 +52,11 @@ def make_token_nll(graphdef):
   return token_nll
 
 
-def make_steps(graphdef, tx, grad_accum: int = 1):
+def make_steps(graphdef, tx, grad_accum: int = 1, layout=None):
   """A jitted train step and per-token loss [B, T] on plain pytrees (params, optimizer state).
 
   The train step donates its params and optimizer state: the caller keeps only the returned ones.
+  `layout` = (param shardings, optimizer-state shardings, replicated) keeps them where they are.
   """
   token_nll = make_token_nll(graphdef)
   loss_fn = lambda params, batch_BxT1: token_nll(params, batch_BxT1).mean()
@@ -74,7 +74,6 @@ def make_steps(graphdef, tx, grad_accum: int = 1):
     total, _ = jax.lax.scan(add, zeros, micro_KxbxT1)
     return jax.tree.map(lambda x: x / grad_accum, total)
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1))
   def train_step(params, opt_state, batch_BxT1):
     if grad_accum == 1:
       loss, grads = grad_fn(params, batch_BxT1)
@@ -83,15 +82,20 @@ def make_steps(graphdef, tx, grad_accum: int = 1):
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss, optax.tree.norm(grads)
 
-  return train_step, jax.jit(token_nll)
+  if layout is None:
+    return jax.jit(train_step, donate_argnums=(0, 1)), jax.jit(token_nll)
+  p, o, rep = layout
+  step = jax.jit(train_step, donate_argnums=(0, 1), out_shardings=(p, o, rep, rep))
+  return step, jax.jit(token_nll, out_shardings=rep)
 
 
-def watch_finite(train_step):
+def watch_finite(train_step, layout=None):
   """`train_step` that also carries `first_bad`, the first step whose loss or updated parameters
   were non-finite (0 while none was), on the device: the loop reads it only when it logs,
   evaluates or saves, instead of syncing with the host at every step."""
+  out = None if layout is None else (layout[0], layout[1], *(layout[2],) * 3)
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  @functools.partial(jax.jit, donate_argnums=(0, 1), out_shardings=out)
   def step_fn(params, opt_state, batch_BxT1, step, first_bad):
     params, opt_state, loss, gnorm = train_step(params, opt_state, batch_BxT1)
     finite = jax.tree.map(lambda x: jnp.isfinite(x).all(), params)
@@ -115,12 +119,6 @@ def initial_params(model_cfg: ModelConfig, cfg: TrainConfig, hw=None):
   return nnx.split(model, nnx.Param)
 
 
-def _data_sharding():
-  """Batches split over a 1-D 'data' mesh of all devices; parameters are replicated."""
-  mesh = jax.make_mesh((jax.device_count(),), ("data",), (jax.sharding.AxisType.Auto,))
-  return NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
-
-
 def _diverged(what: str, mgr) -> FloatingPointError:
   good = mgr.latest_step()
   where = "no checkpoint was saved" if good is None else f"the last good checkpoint is step {good}"
@@ -131,7 +129,13 @@ def _diverged(what: str, mgr) -> FloatingPointError:
 
 
 def train(
-  run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, data, tracker: Tracker, hw=None
+  run_dir: Path,
+  model_cfg: ModelConfig,
+  cfg: TrainConfig,
+  data,
+  tracker: Tracker,
+  hw=None,
+  mesh_cfg: MeshConfig | None = None,
 ) -> dict:
   """Train into `run_dir`, resuming from its latest checkpoint; returns the final metrics.
 
@@ -149,29 +153,40 @@ def train(
   graphdef, params = initial_params(model_cfg, cfg, hw)
   opt_state = tx.init(params)
   start, final = 0, {}
-  batch_sharding, replicated = _data_sharding()
+  main, process = jax.process_index() == 0, (jax.process_index(), jax.process_count())
+  record = tracker.log if main else lambda *_, **__: None  # metrics come from process 0 alone
+  devices = mesh.make_mesh(mesh_cfg or MeshConfig())
+  batch_sharding, replicated = mesh.batch(devices), mesh.replicated(devices)
+  layout = (mesh.shardings(params, devices), mesh.shardings(opt_state, devices), replicated)
   with checkpoint.manager(run_dir, cfg.keep_checkpoints) as mgr:
     if mgr.latest_step() is not None:
-      params, opt_state, start = checkpoint.restore_train_state(mgr, params, opt_state, replicated)
-      print(f"resuming {run_dir} from step {start}")
-    tracker.jsonl.truncate_after(start)  # rows past the last checkpoint are replayed exactly
+      place = functools.partial(mesh.shardings, mesh=devices)
+      params, opt_state, start = checkpoint.restore_train_state(mgr, params, opt_state, place)
+      if main:
+        print(f"resuming {run_dir} from step {start}")
+    if main:
+      tracker.jsonl.truncate_after(start)  # rows past the last checkpoint are replayed exactly
     if start >= cfg.steps:
       if mgr.latest_step() is None:
         checkpoint.save_train_state(mgr, 0, params, opt_state)
       return {}
-    params, opt_state = jax.device_put((params, opt_state), replicated)
+    params, opt_state = jax.device_put((params, opt_state), layout[:2])
     first_bad = jax.device_put(jnp.zeros((), jnp.int32), replicated)
-    train_step, token_nll = make_steps(graphdef, tx, cfg.grad_accum)
-    train_step = watch_finite(train_step)
+    train_step, token_nll = make_steps(graphdef, tx, cfg.grad_accum, layout)
+    train_step = watch_finite(train_step, layout)
     val_NxT1 = pipeline.eval_windows(data.val_N, cfg.seq_len, cfg.eval_windows)
-    batches = pipeline.batches(data.train_N, cfg.batch_size, cfg.seq_len, cfg.seed, start)
+    batches = pipeline.batches(data.train_N, cfg.batch_size, cfg.seq_len, cfg.seed, start,
+                               process, cfg.prefetch)  # fmt: skip
+    # every process holds the same windows: a replicated global array
+    val_nll = lambda w: token_nll(params, jax.make_array_from_process_local_data(replicated, w))
     bpt = data.info.get("val_bytes_per_token")
     tokens_per_step = cfg.batch_size * cfg.seq_len
     t_last, steps_since = time.perf_counter(), 0
     bar = tqdm(range(start + 1, cfg.steps + 1), desc="train", unit="step", initial=start,
-               total=cfg.steps, dynamic_ncols=True)  # fmt: skip
+               total=cfg.steps, dynamic_ncols=True, disable=not main)  # fmt: skip
     for step in bar:
-      batch = jax.device_put(jnp.asarray(next(batches)), batch_sharding)
+      # this process's rows of the global batch, onto its devices' shards
+      batch = jax.make_array_from_process_local_data(batch_sharding, next(batches))
       params, opt_state, loss, gnorm, first_bad = train_step(
         params, opt_state, batch, step, first_bad
       )
@@ -191,14 +206,15 @@ def train(
         now = time.perf_counter()
         tps = steps_since * tokens_per_step / max(now - t_last, 1e-9) if steps_since else None
         t_last, steps_since = now, 0
-        tracker.log(step, loss=loss, grad_norm=float(gnorm), tokens_per_s=tps)
+        record(step, loss=loss, grad_norm=float(gnorm), tokens_per_s=tps)
         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps or 0:,.0f}")
         final.update(loss=loss, tokens_per_s=tps)
       if val:
-        scores = evaluate.score(functools.partial(token_nll, params), val_NxT1, bpt, 16)
+        scores = evaluate.score(val_nll, val_NxT1, bpt, 16)
         ev = {f"val_{k}": scores[k] for k in ("loss", "ppl", "bpb") if scores[k] is not None}
-        tracker.log(step, **ev)
-        bar.write(f"step {step}: val_loss {ev['val_loss']:.3f} (ppl {ev['val_ppl']:.1f})")
+        record(step, **ev)
+        if main:
+          bar.write(f"step {step}: val_loss {ev['val_loss']:.3f} (ppl {ev['val_ppl']:.1f})")
         final.update(ev)
       if save:
         checkpoint.save_train_state(mgr, step, params, opt_state)

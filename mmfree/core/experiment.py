@@ -12,7 +12,7 @@ from mmfree.core.dicts import flatten
 from mmfree.core.model import ModelConfig
 from mmfree.core.quant import QuantConfig
 from mmfree.core.stages import EvalConfig, LoihiConfig
-from mmfree.core.train import TrackingConfig, TrainConfig
+from mmfree.core.train import MeshConfig, TrackingConfig, TrainConfig
 
 STAGES = ("train", "calibrate", "eval", "lower", "emulate", "measure", "tasks")  # in this order
 DEFAULT_STAGES = ("train", "eval")
@@ -32,6 +32,7 @@ class Experiment:
   quant: QuantConfig = QuantConfig()
   eval: EvalConfig = EvalConfig()
   loihi: LoihiConfig = LoihiConfig()
+  mesh: MeshConfig = MeshConfig()
   spec: str = ""
   overrides: dict = dataclasses.field(default_factory=dict)
 
@@ -45,7 +46,7 @@ class Experiment:
 
 SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig,
             "tracking": TrackingConfig, "quant": QuantConfig, "eval": EvalConfig,
-            "loihi": LoihiConfig}  # fmt: skip
+            "loihi": LoihiConfig, "mesh": MeshConfig}  # fmt: skip
 
 
 def as_tuples(d: dict) -> dict:

@@ -26,6 +26,7 @@ class TrainConfig:
   seed: int = 0
   init_from: str = ""  # a run directory or Hugging Face checkpoint to fine-tune from
   vocab_size: int = 0  # the model's vocabulary: 0 = the tokenizer's; more pads embedding and head
+  prefetch: int = 2  # batches read ahead on a thread (0: read in the loop)
 
   def __post_init__(self):
     positive = ("batch_size", "seq_len", "grad_accum", "log_every", "eval_every",
@@ -33,6 +34,8 @@ class TrainConfig:
     for name in positive:
       if getattr(self, name) < 1:
         raise ValueError(f"train.{name}={getattr(self, name)}: must be a positive integer")
+    if self.prefetch < 0:
+      raise ValueError(f"train.prefetch={self.prefetch}: must be >= 0")
     if self.warmup_steps < 0:
       raise ValueError(f"train.warmup_steps={self.warmup_steps}: must be >= 0")
     if self.steps < 0:  # 0 saves the initial weights: init_from's, or a random initialization
@@ -53,3 +56,38 @@ class TrackingConfig:
   def __post_init__(self):
     if self.wandb not in MODES:
       raise ValueError(f"tracking.wandb={self.wandb!r}: expected one of {MODES}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """The devices as a (data, fsdp) mesh: batch rows split over both axes, parameters and optimizer
+  state sharded over `fsdp`, replicated over `data`. 0 takes every device the other axis leaves.
+  Which devices a run uses changes no number it computes (to float reduction order)."""
+
+  data: int = 0
+  fsdp: int = 1
+
+  def __post_init__(self):
+    for name in ("data", "fsdp"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"mesh.{name}={getattr(self, name)}: must be 0 (the rest) or more")
+    if self.data == self.fsdp == 0:
+      raise ValueError("mesh.data and mesh.fsdp are both 0: give one of them a size")
+
+  def shape(self, devices: int) -> tuple[int, int]:
+    """(data, fsdp) over `devices` devices."""
+    data, fsdp = self.data, self.fsdp
+    if data == 0 or fsdp == 0:
+      known = data or fsdp
+      if devices % known:
+        raise ValueError(
+          f"mesh: {devices} devices do not split into groups of {known} (mesh.data or "
+          "mesh.fsdp): pick a divisor of the device count"
+        )
+      data, fsdp = (devices // known, fsdp) if data == 0 else (data, devices // known)
+    if data * fsdp != devices:
+      raise ValueError(
+        f"mesh.data={data} x mesh.fsdp={fsdp} = {data * fsdp} devices, but there are "
+        f"{devices}: make the product {devices}, or set one of them to 0"
+      )
+    return data, fsdp

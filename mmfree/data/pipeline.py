@@ -4,7 +4,7 @@ Window i is `ids_N[i*T : i*T + T + 1]`: inputs are its first T tokens, targets i
 so consecutive windows share one token and every token is a target exactly once per epoch.
 """
 
-import itertools
+import sys
 from collections.abc import Iterator, Sequence
 
 import grain
@@ -43,25 +43,44 @@ def _num_windows(ids_N: np.ndarray, seq_len: int) -> int:
 
 
 def batches(
-  ids_N: np.ndarray, batch_size: int, seq_len: int, seed: int, start_step: int = 0
+  ids_N: np.ndarray,
+  batch_size: int,
+  seq_len: int,
+  seed: int,
+  start_step: int = 0,
+  process: tuple[int, int] = (0, 1),
+  prefetch: int = 0,
 ) -> Iterator[np.ndarray]:
-  """Endless int32 batches [B, T+1] of shuffled windows, reshuffled each epoch.
+  """Endless int32 batches [B, T+1] of shuffled windows, reshuffled each epoch; with
+  `process` = (index, count), this process's rows of each: [B / count, T+1], rows
+  index·B/count onwards, read alone (the other rows are never read here).
 
-  Batch k depends only on (ids_N, batch_size, seq_len, seed, k), so a resumed run passes
-  `start_step` and sees exactly the batches it would have seen.
+  Batch k depends only on (ids_N, batch_size, seq_len, seed, k): a resumed run passes
+  `start_step` and sees exactly the batches it would have seen, on any number of processes.
+  `prefetch` > 0 reads that many batches ahead on a thread of its own.
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be positive, got {batch_size}")
+  index, count = process
+  if batch_size % count:
+    raise ValueError(f"batch_size={batch_size} does not split over {count} processes")
   ids_N = np.asarray(ids_N)  # a memmap stays one: windows are read and cast one at a time
-  T = seq_len
-  ds = (
+  T, b = seq_len, batch_size // count
+  windows = (
     grain.MapDataset.range(_num_windows(ids_N, T))
     .shuffle(seed=seed)
     .repeat()  # reseeds the shuffle each epoch
     .map(lambda i: ids_N[i * T : i * T + T + 1].astype(np.int32))
-    .batch(batch_size, drop_remainder=True)
   )
-  return (ds[step] for step in itertools.count(start_step))  # not a generator: errors raise now
+  # global batch k is windows [k·B, (k+1)·B); this process's rows start at index·b
+  rows = lambda k: np.stack([windows[k * batch_size + index * b + j] for j in range(b)])
+  steps = grain.MapDataset.range(start_step, sys.maxsize).map(rows)
+  if prefetch == 0:
+    return iter(steps)
+  # batches read ahead on a thread, off the training loop's
+  return iter(
+    steps.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch))
+  )
 
 
 def eval_windows(ids_N: np.ndarray, seq_len: int, max_windows: int | None = None) -> np.ndarray:

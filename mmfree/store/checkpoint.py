@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from mmfree.core import digest, files
 from mmfree.core.dicts import flatten
@@ -59,19 +60,28 @@ def save_train_state(mgr: ocp.CheckpointManager, step: int, params, opt_state):
     ),
   )
   mgr.wait_until_finished()
+  if jax.process_count() > 1:  # every process takes part in the gather; process 0 writes
+    pure = multihost_utils.process_allgather(pure, tiled=True)
+    if jax.process_index():
+      return
   record_digest(Path(mgr.directory).parent, step, pure)
 
 
-def _abstract(tree, sharding=None):
-  """Restore targets placed on this process's devices, whatever devices saved the checkpoint."""
-  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+def _abstract(tree, shardings=None):
+  """Restore targets placed as `shardings` says (a tree like `tree`; None: this process's first
+  device), whatever devices or processes saved the checkpoint."""
+  if shardings is None:
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = jax.tree.map(lambda _: one, tree)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
+                      shardings)  # fmt: skip
 
 
-def restore_train_state(mgr: ocp.CheckpointManager, params, opt_state, sharding=None):
-  """(params, opt_state, step) of the latest checkpoint, shaped like the given templates."""
+def restore_train_state(mgr: ocp.CheckpointManager, params, opt_state, place=None):
+  """(params, opt_state, step) of the latest checkpoint, shaped like the given templates and laid
+  out as `place(tree)` says (a tree of shardings; None: this process's first device)."""
   step = mgr.latest_step()
-  as_abstract = lambda tree: _abstract(tree, sharding)
+  as_abstract = lambda tree: _abstract(tree, place and place(tree))
   restored = mgr.restore(
     step,
     args=ocp.args.Composite(
