@@ -19,6 +19,9 @@ def _experiment(spec: str | None, extra: list[str]):
 
 def cmd_run(args, extra):
   from mmfree import configs, results
+
+  if _submitted(args, ["run", args.spec], extra):
+    return
   from mmfree.algorithms import distributed
   from mmfree.run import run_experiment
 
@@ -35,8 +38,25 @@ def cmd_run(args, extra):
 def cmd_train(args, extra):
   from mmfree.run import run_experiment
 
+  if _submitted(args, ["train", *(["--config", args.config] if args.config else [])], extra):
+    return
   _join(args)
   run_experiment(_experiment(args.config, extra), Path(args.workdir), only=("train",))
+
+
+def _submitted(args, command: list[str], extra: list[str]) -> bool:
+  """With `--launcher slurm`: the same command as one SLURM job (nodes × tasks_per_node
+  processes of a multi-host run), submitted; False to run it here."""
+  if args.launcher != "slurm":
+    return False
+  from mmfree import slurm
+
+  _experiment(getattr(args, "spec", None) or args.config, extra)  # bad overrides fail here
+  workdir = Path(args.workdir).absolute()
+  cmd = [*slurm.this_command(), *command, "--workdir", str(workdir), *extra]
+  job = slurm.submit_training(cmd, workdir, slurm.from_args(args))
+  print(f"submitted job {job}: {workdir}/run.log, {workdir / slurm.FOLDER}/{job}/")
+  return True
 
 
 def _join(args):
@@ -318,7 +338,7 @@ PROMPT = (
 
 
 def parser() -> argparse.ArgumentParser:
-  from mmfree import results, sweep
+  from mmfree import results, slurm, sweep
 
   p = argparse.ArgumentParser(prog="mmfree", description=__doc__, allow_abbrev=False)
   sub = p.add_subparsers(dest="cmd", required=True)
@@ -327,12 +347,14 @@ def parser() -> argparse.ArgumentParser:
   r.add_argument("spec", help="experiments/<name>.py[:arg]")
   r.add_argument("--workdir", required=True, help="the run directory")
   _processes(r)
+  slurm.add_arguments(r)
   r.set_defaults(fn=cmd_run)
 
   t = sub.add_parser("train", help="the train stage alone")
   t.add_argument("--config", default=None, help="experiments/<name>.py[:arg] (default: built-in)")
   t.add_argument("--workdir", required=True, help="the run directory")
   _processes(t)
+  slurm.add_arguments(t)
   t.set_defaults(fn=cmd_train)
 
   e = sub.add_parser("eval", help="loss, perplexity and bits per byte (--data.<key>=... as "

@@ -1,4 +1,5 @@
-"""Sweeps: one run directory per point of an experiment's `get_sweep`, run as local processes.
+"""Sweeps: one run directory per point of an experiment's `get_sweep`, run as local processes
+or submitted to SLURM (`--launcher slurm`, through submitit: `mmfree.slurm`).
 
 `mmfree sweep experiments/x.py[:arg] --workdir DIR --workers N [--config.KEY=VALUE ...]` runs
 `mmfree run` once per point into `DIR/<name>/`, up to N at a time; `--config.*` overrides apply
@@ -7,7 +8,8 @@ that change it (readable) plus a hash of the whole, so `{}` and an override that
 are one run, and editing the experiment file gives its points new runs. A run is done when it
 finished with the config the experiment resolves to now; a finished run whose config differs is
 stale (rerun, or listed when it is no longer a point). Rerunning the same command after a crash or
-Ctrl-C completes only what is missing. `DIR/sweep.json` lists the points.
+Ctrl-C completes only what is missing. `DIR/sweep.json` lists the points. Under SLURM the
+command returns once the jobs are submitted; `--status` shows queued/running/done/failed.
 """
 
 import argparse
@@ -16,6 +18,7 @@ import datetime
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +27,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mmfree import configs
+from mmfree import configs, slurm
 from mmfree.core import digest
 from mmfree.core.dicts import flatten
 from mmfree.core.experiment import config_changes, parse_value
@@ -163,16 +166,21 @@ def run_sweep(
   dry_run: bool = False,
   command_prefix: list[str] | None = None,
   points: list[dict] | None = None,
+  slurm_cfg: "slurm.SlurmConfig | None" = None,
 ) -> dict:
-  """Runs what is not done yet, `workers` processes at a time; returns counts
-  {done, failed, skipped}. A failed run is recorded in its status.json and the sweep carries on."""
+  """Runs what is not done yet, `workers` processes at a time, or submits it to SLURM
+  (`slurm_cfg`); returns counts {done, failed, skipped, ...}. A failed run is recorded in its
+  status.json and the sweep carries on."""
   if workers < 1:
     raise ValueError(f"--workers must be at least 1, got {workers}")
   runs = plan(
     spec, workdir, extra_overrides, points=points, command_prefix=command_prefix, write=not dry_run
   )
   states = {r.name: state(r) for r in runs}
-  todo = [r for r in runs if states[r.name] != "done"]
+  if slurm_cfg is not None:  # a point whose job still waits or runs is not submitted again
+    waiting = slurm.queued([r.dir for r in runs if states[r.name] != "done"])
+    states |= {r.name: f"queued ({waiting[r.dir]})" for r in runs if r.dir in waiting}
+  todo = [r for r in runs if states[r.name] != "done" and not states[r.name].startswith("queued")]
   stale = [r.name for r in runs if states[r.name] == "stale"]
   summary = {"done": 0, "failed": 0, "skipped": len(runs) - len(todo), "stale": len(stale)}
   why = f" ({len(stale)} stale: finished with another config, rerun)" if stale else ""
@@ -186,6 +194,8 @@ def run_sweep(
     for r in runs:
       print(f"  {states[r.name]:8} {r.name}\n           {shlex.join(r.command)}")
     return summary
+  if slurm_cfg is not None:
+    return _submit(spec, Path(workdir), todo, slurm_cfg, summary, states)
   with _lock(Path(workdir)):
     failed = _run_all(todo, workers, summary)
   counts = ", ".join(f"{v} {k}" for k, v in summary.items())
@@ -193,6 +203,39 @@ def run_sweep(
   for r in failed:
     print(f"  failed {r.name}: {(read_json(r.dir / STATUS) or {}).get('error')}")
   return summary
+
+
+def _submit(spec, workdir: Path, todo: list[Run], cfg, summary: dict, states: dict) -> dict:
+  """The points not done and not queued, as one job array; `--status` follows them."""
+  summary["queued"] = sum(v.startswith("queued") for v in states.values())
+  summary["skipped"] -= summary["queued"]
+  with _lock(workdir):
+    ids = slurm.submit(todo, workdir, cfg, Path(spec).stem) if todo else []
+  summary["submitted"] = len(ids)
+  for r, j in zip(todo, ids, strict=True):
+    print(f"  submitted {r.name}: job {j}")
+  print(f"sweep {workdir}: {', '.join(f'{v} {k}' for k, v in summary.items())}; follow it "
+        f"with `mmfree sweep {spec} --workdir {workdir} --status`")  # fmt: skip
+  return summary
+
+
+def status_table(spec: str, workdir: Path, extra_overrides: dict | None = None) -> str:
+  """Each point's state: done, failed, running, queued (SLURM), stale or missing."""
+  runs = plan(spec, workdir, extra_overrides, write=False)
+  states = {r.name: state(r) for r in runs}
+  active = slurm.queued([r.dir for r in runs]) if shutil.which("squeue") else {}
+  lines = ["| point | state | job |", "|---|---|---|"]
+  counts = {}
+  for r in runs:
+    s = states[r.name]
+    if r.dir in active:  # SLURM knows best whether a job still waits
+      s = "queued" if active[r.dir] == "PENDING" else "running"
+    elif s == "running":  # a status.json left "running" by a job that is gone
+      s = "interrupted" if slurm.recorded_job(r.dir) else s
+    counts[s] = counts.get(s, 0) + 1
+    lines.append(f"| {r.name} | {s} | {slurm.recorded_job(r.dir) or ''} |")
+  total = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+  return "\n".join([f"{spec} in {workdir}: {total}", "", *lines])
 
 
 def _lock(workdir: Path):
@@ -281,6 +324,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
   p.add_argument("--workdir", required=True, help="sweep directory: one run directory per point")
   p.add_argument("--workers", type=int, default=1, help="runs at a time (default 1)")
   p.add_argument("--dry-run", action="store_true", help="list the runs and their status only")
+  p.add_argument(
+    "--status",
+    action="store_true",
+    help="each point's state: done, failed, running, queued (SLURM), stale, missing",
+  )
+  slurm.add_arguments(p)
   p.set_defaults(fn=cmd_sweep)
   return p
 
@@ -290,8 +339,13 @@ def cmd_sweep(args, extra: list[str]) -> int:
   from mmfree.configs import parse_overrides
 
   overrides = parse_overrides(extra)
+  if args.status:
+    print(status_table(args.spec, Path(args.workdir), overrides))
+    return 0
+  cluster = slurm.from_args(args) if args.launcher == "slurm" else None
   try:
-    s = run_sweep(args.spec, args.workdir, args.workers, overrides, args.dry_run)
+    s = run_sweep(args.spec, args.workdir, args.workers, overrides, args.dry_run,
+                  slurm_cfg=cluster)  # fmt: skip
   except KeyboardInterrupt:
     print(f"sweep interrupted: rerun the same command to resume {args.workdir}", file=sys.stderr)
     return 130
