@@ -29,6 +29,16 @@ the norm gains. At 4 bits 47% of the tokens saturate 1/rms (calibrated on unquan
 norm then sees 4-bit ones), a cause of the 4-bit loss that only the kernel's own count reveals.
 ReLU instead of SiLU costs +5.1% (5.338) after calibration alone. Predicted energy: 0.0874 mJ per
 token at 8 bits, 4.0x less at 4 bits (0.0219), 0.84x at 6, 1.12x at 12.
+Energy rerun (2026-12-02, the cost model on Loihi 2's measurements: 0.213 W a chip, neuron
+updates priced by each kind's traced instructions, messages by payload width;
+`scripts/energy_levers.py runs/quant_ablation_ptq`): 0.335 mJ per token at 8 bits, 98% of it
+static and idle power, so totals move with time per token: 0.40x at 4 bits, 0.91x at 6, 1.08x at
+12 and 16. Dynamic energy shows the levers: ReLU 0.979x (0.991x priced on activity alone: its
+neurons skip the σ-LUT search), static BitLinear inputs 0.973x (0.999x on activity alone: no
+per-token absmax), 12-bit static inputs 1.14x (1.18x), LUT 4/16/32 entries 1.004/1.000/1.001x
+(their update energy -0.7%/+0.8%/+1.4%); state width moves nothing (the state never leaves its
+neuron). The `hw` losses of this rerun: 8 bits 5.090, 4 bits 8.285, 6 bits 5.400 (NOTES: the
+4-bit figure moved from 7.435).
 QAT (the full sweep, an earlier runs/tiny with `bitnet` 5.073): ReLU recovers with 100 QAT steps
 (5.025 against 4.999 for the `bitnet` control fine-tuned as long); at 8 bits QAT has nothing to
 recover; at 4 bits 100 steps at lr 5e-4 recover a fifth of the gap (7.712 to 7.114).
