@@ -24,6 +24,9 @@ def main():
   ap.add_argument("--devices", type=int, default=8)
   ap.add_argument("--batch", type=int, default=8, help="global batch (sequences)")
   ap.add_argument("--seq", type=int, default=1024)
+  ap.add_argument(
+    "--unrolled", action="store_true", help="blocks unrolled (default: model.scan_layers)"
+  )
   args = ap.parse_args()
   os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
   os.environ["JAX_PLATFORMS"] = "cpu"
@@ -42,13 +45,14 @@ def main():
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
                         shardings)  # fmt: skip
 
+  blocks = "unrolled" if args.unrolled else "scanned"
   print(f"{args.devices} CPU devices, AdamW float32, global batch {args.batch} x {args.seq} "
-        "tokens; GiB per device")  # fmt: skip
+        f"tokens, blocks {blocks}; GiB per device")  # fmt: skip
   print("| preset | parameters | layout | arguments | of which state (computed) | outputs | "
         "temporaries | total | compile s |")  # fmt: skip
   print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
   for name in args.presets.split(","):
-    cfg = preset(name)
+    cfg = preset(name, scan_layers=not args.unrolled)
     graphdef, params = nnx.split(nnx.eval_shape(lambda cfg=cfg: MMfreeLM(cfg, nnx.Rngs(0))),
                                  nnx.Param)  # fmt: skip
     tx = loop.optimizer(TrainConfig())

@@ -15,7 +15,8 @@ training, 2 FLOPs per weight per token forward, so 6·N_linear, N_linear = L·(4
 (MLGRU i, f, g: H→D and o: D→H; GLU gate H→2I and down I→H; the lm_head H→V; the embedding is a
 lookup), plus the MLGRU recurrence h = f⊙h + (1−f)⊙c (3 FLOPs per channel forward: 9·L·D). The
 peak is a float32 matmul's FLOP/s measured here (XLA's dot at 2048³): a practical ceiling, not the
-CPU's datasheet figure. Compile time: the step lowered and compiled at each `--compile-layers`.
+CPU's datasheet figure. Compile time: the step lowered and compiled at each `--compile-layers`,
+with the blocks unrolled and under one scan (`model.scan_layers`).
 """
 
 import argparse
@@ -130,12 +131,17 @@ def main():
     tps = tokens / s
     print(f"| {name} | {1e3 * s:.1f} | {tps:,.0f} | {tps * fpt / peak:.1%} | {base / s:.2f}x |")
   if args.compile_layers:
-    print("\n| layers | compile s | vs first |\n|---:|---:|---:|")
-    first = None
+    print("\n| layers | unrolled compile s | vs first | scanned (model.scan_layers) s | vs first |")
+    print("|---:|---:|---:|---:|---:|")
+    first = {}
     for L in map(int, args.compile_layers.split(",")):
-      s = compile_seconds(cfg.replace(num_hidden_layers=L), m, args.batch, args.seq)
-      first = first or s
-      print(f"| {L} | {s:.1f} | {s / first:.2f}x |", flush=True)
+      row = []
+      for scanned in (False, True):
+        c = cfg.replace(num_hidden_layers=L, scan_layers=scanned)
+        s = compile_seconds(c, m, args.batch, args.seq)
+        first.setdefault(scanned, s)
+        row.append(f"{s:.1f} | {s / first[scanned]:.2f}x")
+      print(f"| {L} | {' | '.join(row)} |", flush=True)
 
 
 if __name__ == "__main__":

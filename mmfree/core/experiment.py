@@ -98,7 +98,13 @@ def differences(saved: dict, wanted: dict) -> list[str]:
   return sorted(k for k in keys if json.dumps(flat_a.get(k)) != json.dumps(flat_b.get(k)))
 
 
-RUNTIME_MODEL_FIELDS = ("precision", "scan", "matmul_dtype")  # all else is architecture
+RUNTIME_MODEL_FIELDS = (
+  "precision",
+  "scan",
+  "matmul_dtype",
+  "scan_layers",
+  "remat",
+)  # the rest: architecture
 
 
 def config_changes(saved: dict, wanted: dict) -> list[str]:

@@ -8,6 +8,7 @@ Precision = Literal["float", "bitnet", "hw"]
 PRECISIONS = ("float", "bitnet", "hw")
 SCANS = ("associative", "sequential")
 MATMUL_DTYPES = ("float32", "bfloat16")
+REMATS = ("none", "block")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,8 +32,16 @@ class ModelConfig:
   # Operand dtype of the BitLinear matmuls (accumulation is always float32). At `bitnet` the
   # operands are small integers, exact in bfloat16, so bfloat16 changes speed, not results.
   matmul_dtype: str = "float32"
+  # Blocks 1..L-1 under one `jax.lax.scan` (one compiled block, whatever the depth) at `float` and
+  # `bitnet`; "block" also rematerializes each block's activations in the backward pass.
+  scan_layers: bool = False
+  remat: str = "none"
 
   def __post_init__(self):
+    if self.remat not in REMATS:
+      raise ValueError(f"model.remat={self.remat!r}: expected one of {REMATS}")
+    if self.remat != "none" and not self.scan_layers:
+      raise ValueError("model.remat applies to scanned blocks: set model.scan_layers=True too")
     if self.precision not in PRECISIONS:
       raise ValueError(f"model.precision={self.precision!r}: expected one of {PRECISIONS}")
     if self.matmul_dtype not in MATMUL_DTYPES:

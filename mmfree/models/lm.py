@@ -102,11 +102,40 @@ class MMfreeLM(nnx.Module):
     if self.config.use_lower_bound:
       lb = self.frozen_lb
       lb_LxD = lower_bounds(self.lower_bounds[...]) if lb is None else lb[...]
-    hs = []
-    for l, block in enumerate(self.layers):
-      x_BxTxH, h_BxD = block(x_BxTxH, None if lb_LxD is None else lb_LxD[l], h_LxBxD[l])
-      hs.append(h_BxD)
-    return self.lm_head(point(self, "final_norm", self.norm(x_BxTxH))), jnp.stack(hs)
+    if self._scannable():
+      x_BxTxH, h_LxBxD = self._scanned(x_BxTxH, lb_LxD, h_LxBxD)
+    else:
+      hs = []
+      for l, block in enumerate(self.layers):
+        x_BxTxH, h_BxD = block(x_BxTxH, None if lb_LxD is None else lb_LxD[l], h_LxBxD[l])
+        hs.append(h_BxD)
+      h_LxBxD = jnp.stack(hs)
+    return self.lm_head(point(self, "final_norm", self.norm(x_BxTxH))), h_LxBxD
+
+  def _scannable(self) -> bool:
+    """`scan_layers` where every block is alike: no `hw` scales or probes (per-module, static)."""
+    if not self.config.scan_layers or len(self.layers) < 3:
+      return False
+    return not any(getattr(m, "hw", None) or getattr(m, "probe", None)
+                   for _, m in nnx.iter_modules(self))  # fmt: skip
+
+  def _scanned(self, x_BxTxH, lb_LxD, h_LxBxD):
+    """Block 0 (no lower bound), then blocks 1..L-1 as one `lax.scan` over their stacked
+    parameters, each merged into block 1's structure (they differ only in their index)."""
+    lb = (lambda l: None) if lb_LxD is None else (lambda l: lb_LxD[l])
+    x_BxTxH, h0_BxD = self.layers[0](x_BxTxH, lb(0), h_LxBxD[0])
+    graphdef, _ = nnx.split(self.layers[1])
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *(nnx.state(b) for b in self.layers[1:]))
+
+    def body(x_BxTxH, inputs):
+      state, lb_D, h_BxD = inputs
+      return nnx.merge(graphdef, state)(x_BxTxH, lb_D, h_BxD)
+
+    if self.config.remat == "block":
+      body = jax.checkpoint(body)
+    rest = (stacked, None if lb_LxD is None else lb_LxD[1:], h_LxBxD[1:])
+    x_BxTxH, hs_LxBxD = jax.lax.scan(body, x_BxTxH, rest)
+    return x_BxTxH, jnp.concatenate([h0_BxD[None], hs_LxBxD])
 
   def freeze(self):
     """Quantize every BitLinear's weights and compute the lower bounds once, in numpy, as the
