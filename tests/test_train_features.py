@@ -34,6 +34,28 @@ def test_gradient_accumulation_matches_the_full_batch():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=5e-4), p, outs[0][0])
 
 
+def test_scanned_blocks_match_unrolled_ones():
+  """model.scan_layers (and remat) computes the same loss and update as the unrolled loop: one
+  SGD step's parameters agree to float32 rounding; at `hw` the blocks stay unrolled."""
+  cfg = preset("tiny", num_hidden_layers=4)
+  tx = optax.sgd(1.0)
+  batch = jax.random.randint(jax.random.key(0), (4, 17), 0, 258)
+  outs = []
+  for scan, remat in ((False, "none"), (True, "none"), (True, "block")):
+    g, p = nnx.split(MMfreeLM(cfg.replace(scan_layers=scan, remat=remat), nnx.Rngs(0)), nnx.Param)
+    outs.append(loop.make_steps(g, tx)[0](p, tx.init(p), batch))
+  for p, _, loss, gnorm in outs[1:]:
+    np.testing.assert_allclose(loss, outs[0][2], rtol=1e-6)
+    np.testing.assert_allclose(gnorm, outs[0][3], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), p, outs[0][0])
+  model = MMfreeLM(cfg.replace(scan_layers=True), nnx.Rngs(0))
+  assert model._scannable()
+  model.layers[2].attn.probe = object()  # per-module state: the blocks are no longer alike
+  assert not model._scannable()
+  with pytest.raises(ValueError, match="model.remat applies to scanned blocks"):
+    cfg.replace(remat="block")
+
+
 def _names(path) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "idx", ""))) for k in path if not
                   isinstance(k, jax.tree_util.GetAttrKey))  # fmt: skip
