@@ -6,8 +6,10 @@
 Two loops on the same jitted AdamW step, in the same process: the baseline reads the loss on the
 host every step and builds each batch in the loop; mmfree's (`train.train`) carries finiteness on
 the device, reads the loss every `log_every` steps (here: at the end) and reads batches ahead on a
-thread (`pipeline.batches(prefetch=2)`), placed with `make_array_from_process_local_data`. Both on
-the (data, fsdp) mesh of every local device.
+thread (`pipeline.batches(prefetch=2)`), placed with `make_array_from_process_local_data`; then
+mmfree's loop with bfloat16 BitLinear operands (`model.matmul_dtype`: float32 master weights and
+accumulation; at `bitnet` the operands are small integers, exact in bfloat16). All on the
+(data, fsdp) mesh of every local device.
 
 Model FLOPs per token (written out; MFU's convention: forward + backward = 3x forward, no
 rematerialization, quantizer arithmetic not counted): every BitLinear is a dense matmul in
@@ -127,7 +129,11 @@ def main():
   print("| loop | step ms | tokens/s | MFU | vs baseline |\n|---|---:|---:|---:|---:|")
   base = baseline(cfg, m, ids, args.batch, args.seq, args.steps)
   ours = mmfree_loop(cfg, m, ids, args.batch, args.seq, args.steps)
-  for name, s in (("baseline (sync every step)", base), ("mmfree", ours)):
+  bf16 = mmfree_loop(cfg.replace(matmul_dtype="bfloat16"), m, ids, args.batch, args.seq,
+                     args.steps)  # fmt: skip
+  rows = (("baseline (sync every step)", base), ("mmfree", ours),
+          ("mmfree, bfloat16 matmul operands", bf16))  # fmt: skip
+  for name, s in rows:
     tps = tokens / s
     print(f"| {name} | {1e3 * s:.1f} | {tps:,.0f} | {tps * fpt / peak:.1%} | {base / s:.2f}x |")
   if args.compile_layers:
