@@ -16,12 +16,18 @@ ROOT = Path(__file__).parent.parent
 SMOKE = str(ROOT / "experiments/tiny.py:smoke")
 
 
-@contextlib.contextmanager
-def _built_once(tmp_path_factory, name: str):
-  """Yields (directory, whether to build it): one worker builds, the others wait and reuse."""
+def _session_tmp(tmp_path_factory) -> Path:
+  """The temporary directory all of the session's processes share."""
   shared = tmp_path_factory.getbasetemp()
   if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker's is popen-gwN under the session's
     shared = shared.parent
+  return shared
+
+
+@contextlib.contextmanager
+def _built_once(tmp_path_factory, name: str):
+  """Yields (directory, whether to build it): one worker builds, the others wait and reuse."""
+  shared = _session_tmp(tmp_path_factory)
   d, done = shared / name, shared / f"{name}.done"
   with open(shared / f"{name}.lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
@@ -64,3 +70,43 @@ def measured_sweep(tmp_path_factory):
       counts = run_sweep(str(ROOT / "experiments/quant_ablation.py:smoke"), d, 2)
       assert counts["failed"] == 0 and counts["done"] == 2, counts
   return d
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+  """A real single-node SLURM cluster (tests/slurm_cluster.py); its client environment
+  (SLURM_CONF, PATH) is set in os.environ for the session. Skipped where SLURM cannot be had,
+  except in CI (CI=true), where that fails.
+
+  One cluster for all of a session's xdist workers: under a file lock in the shared temporary
+  directory, a count of the processes using it. The first starts it, the last to finish stops
+  it, so a worker done early never pulls it from under another (and a worker that comes to it
+  after that starts it again)."""
+  import slurm_cluster  # conftest's directory is on sys.path
+
+  if reason := slurm_cluster.available():
+    if os.environ.get("CI") != "true":
+      pytest.skip(f"no SLURM: {reason}")
+    pytest.fail(f"CI needs the SLURM cluster: {reason}")
+  shared = _session_tmp(tmp_path_factory)
+  d, users = shared / "slurm", shared / "slurm.users"
+
+  @contextlib.contextmanager
+  def locked():
+    with open(shared / "slurm.lock", "w") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      yield
+
+  with locked():
+    slurm_cluster.install()
+    env = slurm_cluster.start(d)
+    users.write_text(str(int(users.read_text() if users.exists() else 0) + 1))
+  with pytest.MonkeyPatch.context() as mp:
+    for k, v in env.items():
+      mp.setenv(k, v)
+    yield env
+  with locked():
+    left = int(users.read_text()) - 1
+    users.write_text(str(left))
+    if left == 0:
+      slurm_cluster.stop(d)
