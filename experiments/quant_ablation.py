@@ -19,14 +19,16 @@ so the QAT gain is not mistaken for more training.
 Finding (post-training points, `:ptq`, rerun 2026-12-02 after every clip became a counted point;
 runs/tiny, 2 workers, 33 min on 2 CPU cores; validation loss on 11,008 held-out tokens; `bitnet`
 5.079): the activation width is what matters. 8 bits cost +0.26% (5.092), 6 bits +5.9% (5.377),
-4 bits +46% (7.435); 12 and 16 bits +0.06% (5.082). Static BitLinear input scales cost nothing at
+4 bits +63% (8.285); 12 and 16 bits +0.06% (5.082). Static BitLinear input scales cost nothing at
 8 bits (5.092); with 12-bit activations the inputs stay int8 (their own width, `quant.input_bits`:
 5.084, clips counted: 2e-6%) or become 12-bit (5.081, 1.23x the energy of the default). The state
 from 24 down to 8 bits: 5.093 to 5.094; an 8-entry LUT (4 entries: +0.6%; 16, 32: no gain);
 integer RMSNorms 5.092 against 5.094 float. Rounding scales to the nearest power of two costs
 +1.1% (5.149) and the per-point counts show why: it clips 1/rms in 49% of the tokens and 44% of
 the norm gains. At 4 bits 47% of the tokens saturate 1/rms (calibrated on unquantized inputs, the
-norm then sees 4-bit ones), a cause of the 4-bit loss that only the kernel's own count reveals.
+norm then sees 4-bit ones; 82% in the rerun below), a cause of the 4-bit loss that only the
+kernel's own count reveals: calibrating the norms on `hw` inputs, or giving 1/rms headroom, is the
+fix to try.
 ReLU instead of SiLU costs +5.1% (5.338) after calibration alone. Predicted energy: 0.0874 mJ per
 token at 8 bits, 4.0x less at 4 bits (0.0219), 0.84x at 6, 1.12x at 12.
 Energy rerun (2026-12-02, the cost model on Loihi 2's measurements: 0.213 W a chip, neuron
@@ -37,8 +39,8 @@ static and idle power, so totals move with time per token: 0.40x at 4 bits, 0.91
 neurons skip the σ-LUT search), static BitLinear inputs 0.973x (0.999x on activity alone: no
 per-token absmax), 12-bit static inputs 1.14x (1.18x), LUT 4/16/32 entries 1.004/1.000/1.001x
 (their update energy -0.7%/+0.8%/+1.4%); state width moves nothing (the state never leaves its
-neuron). The `hw` losses of this rerun: 8 bits 5.090, 4 bits 8.285, 6 bits 5.400 (NOTES: the
-4-bit figure moved from 7.435).
+neuron). The `hw` losses of this rerun: 8 bits 5.090, 4 bits 8.285, 6 bits 5.400. An earlier run's
+4-bit 7.435 is not reproducible: every commit from its day on gives 8.2848 (bisected; NOTES).
 QAT (the full sweep, an earlier runs/tiny with `bitnet` 5.073): ReLU recovers with 100 QAT steps
 (5.025 against 4.999 for the `bitnet` control fine-tuned as long); at 8 bits QAT has nothing to
 recover; at 4 bits 100 steps at lr 5e-4 recover a fifth of the gap (7.712 to 7.114).
