@@ -26,8 +26,9 @@ def _check_same_experiment(run_dir: Path, exp: Experiment):
   if not path.exists():
     return
   changed = experiment.config_changes(json.loads(path.read_text()), exp.to_dict())
-  # not what was trained: the mesh changes where it runs, not what it computes
-  ignored = ("experiment.", "tracking.", "stages", "eval.", "loihi.", "mesh.", "train.prefetch")
+  # not what was trained: the mesh and the block layout change how it runs, not what it computes
+  ignored = ("experiment.", "tracking.", "stages", "eval.", "loihi.", "mesh.", "train.prefetch",
+             "model.scan_layers", "model.remat")  # fmt: skip
   changed = [k for k in changed if not k.startswith(ignored)]
   if changed:
     raise ValueError(

@@ -37,9 +37,21 @@ def main():
   from mmfree.algorithms import train as loop
   from mmfree.core.model import preset
   from mmfree.core.train import MeshConfig, TrainConfig
-  from mmfree.models import MMfreeLM
+  from mmfree.models import MMfreeLM, lm
 
   gib = 2**30
+
+  def stacked_shapes(cfg):
+    """(graphdef, parameter shapes) of the layout `train.train` steps on, nothing allocated."""
+    graphdefs = []
+
+    def build():
+      graphdef, params = lm.stack_blocks(*nnx.split(MMfreeLM(cfg, nnx.Rngs(0)), nnx.Param))
+      graphdefs.append(graphdef)
+      return params
+
+    params = jax.eval_shape(build)
+    return graphdefs[0], params
 
   def place(tree, shardings):
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
@@ -53,8 +65,7 @@ def main():
   print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
   for name in args.presets.split(","):
     cfg = preset(name, scan_layers=not args.unrolled)
-    graphdef, params = nnx.split(nnx.eval_shape(lambda cfg=cfg: MMfreeLM(cfg, nnx.Rngs(0))),
-                                 nnx.Param)  # fmt: skip
+    graphdef, params = stacked_shapes(cfg)
     tx = loop.optimizer(TrainConfig())
     opt_state = jax.eval_shape(tx.init, params)
     n_params = sum(x.size for x in jax.tree.leaves(params))

@@ -33,7 +33,7 @@ from mmfree.algorithms import mesh
 from mmfree.algorithms import train as loop
 from mmfree.core.train import MeshConfig, TrainConfig
 from mmfree.data import pipeline
-from mmfree.models import MMfreeLM, preset
+from mmfree.models import MMfreeLM, lm, preset
 
 
 def flops_per_token(cfg) -> float:
@@ -56,7 +56,8 @@ def matmul_peak(n: int = 2048, reps: int = 10) -> float:
 
 
 def _setup(cfg, m: MeshConfig):
-  graphdef, params = nnx.split(MMfreeLM(cfg, nnx.Rngs(0)), nnx.Param)
+  # the layout `train.train` steps on: blocks 1..L-1 stacked under model.scan_layers
+  graphdef, params = lm.stack_blocks(*nnx.split(MMfreeLM(cfg, nnx.Rngs(0)), nnx.Param))
   tx = loop.optimizer(TrainConfig(steps=1000))
   opt_state = tx.init(params)
   devices = mesh.make_mesh(m)

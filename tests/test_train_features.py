@@ -15,7 +15,7 @@ from mmfree import configs
 from mmfree.algorithms import train as loop
 from mmfree.cli import main
 from mmfree.core.train import TrainConfig
-from mmfree.models import MMfreeLM, preset
+from mmfree.models import MMfreeLM, lm, preset
 from mmfree.run import run_experiment
 from mmfree.store import checkpoint
 
@@ -41,9 +41,12 @@ def test_scanned_blocks_match_unrolled_ones():
   tx = optax.sgd(1.0)
   batch = jax.random.randint(jax.random.key(0), (4, 17), 0, 258)
   outs = []
-  for scan, remat in ((False, "none"), (True, "none"), (True, "block")):
+  for scan, remat, stack in ((False, "none", False), (True, "none", False), (True, "none", True),
+                             (True, "block", True)):  # fmt: skip
     g, p = nnx.split(MMfreeLM(cfg.replace(scan_layers=scan, remat=remat), nnx.Rngs(0)), nnx.Param)
-    outs.append(loop.make_steps(g, tx)[0](p, tx.init(p), batch))
+    g, p = lm.stack_blocks(g, p) if stack else (g, p)
+    p, o, loss, gnorm = loop.make_steps(g, tx)[0](p, tx.init(p), batch)
+    outs.append((lm.map_model_states(lm.unstack_layers, p) if stack else p, o, loss, gnorm))
   for p, _, loss, gnorm in outs[1:]:
     np.testing.assert_allclose(loss, outs[0][2], rtol=1e-6)
     np.testing.assert_allclose(gnorm, outs[0][3], rtol=1e-5)
@@ -54,6 +57,41 @@ def test_scanned_blocks_match_unrolled_ones():
   assert not model._scannable()
   with pytest.raises(ValueError, match="model.remat applies to scanned blocks"):
     cfg.replace(remat="block")
+
+
+def test_stacked_blocks_hold_as_many_arrays_at_any_depth():
+  """What keeps compile time flat: the training layout's arrays do not multiply with depth."""
+  shapes = {}
+  for L in (4, 12):
+    g, p = nnx.split(MMfreeLM(preset("tiny", num_hidden_layers=L, scan_layers=True), nnx.Rngs(0)),
+                     nnx.Param)  # fmt: skip
+    shapes[L] = {_names(k): x.shape for k, x in jax.tree_util.tree_leaves_with_path(
+      lm.stack_blocks(g, p)[1])}  # fmt: skip
+  assert shapes[4].keys() == shapes[12].keys()
+  assert shapes[12]["layers/1/attn/f_proj/kernel"] == (
+    11,
+    *shapes[4]["layers/0/attn/f_proj/kernel"],
+  )
+  g, p = nnx.split(MMfreeLM(preset("tiny", num_hidden_layers=4), nnx.Rngs(0)), nnx.Param)
+  assert lm.stack_blocks(g, p) == (g, p)  # scan_layers off: nothing stacked
+
+
+def test_scanned_training_saves_the_canonical_layout_and_resumes_unrolled(tmp_path):
+  """A `scan_layers` run checkpoints blocks one by one, like an unrolled run, and ends at its
+  parameters; its step-3 checkpoint resumes unrolled to the same end."""
+  base = {"model.num_hidden_layers": 4, "stages": ("train",)}
+  ends = {}
+  for name, scan in (("unrolled", False), ("scanned", True)):
+    exp = configs.load_experiment(SMOKE, {**base, "model.scan_layers": scan})
+    run_experiment(exp, tmp_path / name)
+    ends[name] = checkpoint.read_params(tmp_path / name)[1]
+  with checkpoint.manager(tmp_path / "scanned") as mgr:
+    mgr.delete(6)
+  run_experiment(configs.load_experiment(SMOKE, base), tmp_path / "scanned")
+  resumed = checkpoint.read_params(tmp_path / "scanned")[1]
+  for other in (ends["scanned"], resumed):
+    assert jax.tree.structure(other) == jax.tree.structure(ends["unrolled"])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), other, ends["unrolled"])
 
 
 def _names(path) -> str:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from mmfree.algorithms import evaluate, mesh
 from mmfree.core.train import MeshConfig, TrainConfig
 from mmfree.data import pipeline
-from mmfree.models import MMfreeLM, ModelConfig
+from mmfree.models import MMfreeLM, ModelConfig, lm
 from mmfree.quant.points import set_hw
 from mmfree.store import checkpoint
 from mmfree.store.tracking import Tracker
@@ -157,7 +157,6 @@ def train(
   record = tracker.log if main else lambda *_, **__: None  # metrics come from process 0 alone
   devices = mesh.make_mesh(mesh_cfg or MeshConfig())
   batch_sharding, replicated = mesh.batch(devices), mesh.replicated(devices)
-  layout = (mesh.shardings(params, devices), mesh.shardings(opt_state, devices), replicated)
   with checkpoint.manager(run_dir, cfg.keep_checkpoints) as mgr:
     if mgr.latest_step() is not None:
       place = functools.partial(mesh.shardings, mesh=devices)
@@ -170,9 +169,16 @@ def train(
       if mgr.latest_step() is None:
         checkpoint.save_train_state(mgr, 0, params, opt_state)
       return {}
+    # Under model.scan_layers the step keeps blocks 1..L-1 stacked; checkpoints stay canonical.
+    graphdef_s, params = lm.stack_blocks(graphdef, params)
+    saved = lambda tree: tree
+    if graphdef_s is not graphdef:
+      opt_state = lm.map_model_states(lm.stack_layers, opt_state)
+      saved = functools.partial(lm.map_model_states, lm.unstack_layers)
+    layout = (mesh.shardings(params, devices), mesh.shardings(opt_state, devices), replicated)
     params, opt_state = jax.device_put((params, opt_state), layout[:2])
     first_bad = jax.device_put(jnp.zeros((), jnp.int32), replicated)
-    train_step, token_nll = make_steps(graphdef, tx, cfg.grad_accum, layout)
+    train_step, token_nll = make_steps(graphdef_s, tx, cfg.grad_accum, layout)
     train_step = watch_finite(train_step, layout)
     val_NxT1 = pipeline.eval_windows(data.val_N, cfg.seq_len, cfg.eval_windows)
     batches = pipeline.batches(data.train_N, cfg.batch_size, cfg.seq_len, cfg.seed, start,
@@ -217,6 +223,6 @@ def train(
           bar.write(f"step {step}: val_loss {ev['val_loss']:.3f} (ppl {ev['val_ppl']:.1f})")
         final.update(ev)
       if save:
-        checkpoint.save_train_state(mgr, step, params, opt_state)
+        checkpoint.save_train_state(mgr, step, saved(params), saved(opt_state))
     bar.close()
   return final

@@ -78,6 +78,7 @@ class MMfreeLM(nnx.Module):
     self.lower_bounds = nnx.Param(jnp.zeros((L, cfg.inner_size), jnp.float32))
     self.frozen_lb: Frozen | None = None  # `freeze`: the lower bounds, derived once
     self.layers = nnx.List([Block(cfg, l, rngs) for l in range(L)])
+    self.stacked = False  # `stack_blocks`: layers[1] holds blocks 1..L-1 stacked
     self.norm = RMSNorm(H, cfg.rms_norm_eps)
     self.lm_head = BitLinear(
       H,
@@ -102,7 +103,7 @@ class MMfreeLM(nnx.Module):
     if self.config.use_lower_bound:
       lb = self.frozen_lb
       lb_LxD = lower_bounds(self.lower_bounds[...]) if lb is None else lb[...]
-    if self._scannable():
+    if self.stacked or self._scannable():
       x_BxTxH, h_LxBxD = self._scanned(x_BxTxH, lb_LxD, h_LxBxD)
     else:
       hs = []
@@ -124,8 +125,9 @@ class MMfreeLM(nnx.Module):
     parameters, each merged into block 1's structure (they differ only in their index)."""
     lb = (lambda l: None) if lb_LxD is None else (lambda l: lb_LxD[l])
     x_BxTxH, h0_BxD = self.layers[0](x_BxTxH, lb(0), h_LxBxD[0])
-    graphdef, _ = nnx.split(self.layers[1])
-    stacked = jax.tree.map(lambda *a: jnp.stack(a), *(nnx.state(b) for b in self.layers[1:]))
+    graphdef, stacked = nnx.split(self.layers[1])
+    if not self.stacked:
+      stacked = _stack([nnx.state(b) for b in self.layers[1:]])
 
     def body(x_BxTxH, inputs):
       state, lb_D, h_BxD = inputs
@@ -145,6 +147,52 @@ class MMfreeLM(nnx.Module):
     for _, m in nnx.iter_modules(self):
       if isinstance(m, BitLinear):
         m.freeze()
+
+
+def _stack(states):
+  return jax.tree.map(lambda *a: jnp.stack(a), *states)
+
+
+def stack_blocks(graphdef, params):
+  """(graphdef, params) with blocks 1..L-1 stored as one block of stacked [L-1, ...] arrays, the
+  layout training keeps under `model.scan_layers`: the step then holds as many arrays (and the
+  optimizer as many updates) at 32 layers as at 4, so its compile time stays flat with depth.
+  Returns the inputs when the blocks cannot be scanned; `unstack_blocks` undoes it."""
+  model = nnx.merge(graphdef, params)
+  if not model._scannable():
+    return graphdef, params
+  model.layers = nnx.List(list(model.layers[:2]))
+  model.stacked = True
+  graphdef, _ = nnx.split(model, nnx.Param)
+  return graphdef, map_model_states(stack_layers, params)
+
+
+def stack_layers(state):
+  """A model's state (params, or an optimizer moment shaped like them), blocks 1..L-1 stacked."""
+  layers = state["layers"]
+  rest = _stack([layers[l] for l in range(1, len(layers))])
+  return _with_layers(state, {0: layers[0], 1: rest})
+
+
+def _with_layers(state, layers):
+  state = jax.tree.map(lambda x: x, state)  # a new tree of the same arrays
+  # nested states are plain dicts inside an nnx.State
+  state["layers"] = {k: v.raw_mapping for k, v in layers.items()}
+  return state
+
+
+def unstack_layers(state):
+  """`stack_layers` undone: the canonical layout checkpoints, lowering and evaluation read."""
+  layers = state["layers"]
+  n = jax.tree.leaves(layers[1])[0].shape[0]
+  rest = {1 + l: jax.tree.map(lambda x, l=l: x[l], layers[1]) for l in range(n)}
+  return _with_layers(state, {0: layers[0], **rest})
+
+
+def map_model_states(fn, tree):
+  """`fn` on every model state in `tree` (params, or the optimizer state's moments)."""
+  is_state = lambda x: isinstance(x, nnx.State) and "layers" in x
+  return jax.tree.map(lambda x: fn(x) if is_state(x) else x, tree, is_leaf=is_state)
 
 
 def set_precision(model: nnx.Module, precision: str):
