@@ -12,13 +12,18 @@ reads SLURM's variables inside the job step).
 
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from mmfree.core.files import read_json, write_json
 
 JOB = "slurm.json"  # in a run directory: the job that runs it
+PREEMPT_GRACE_S = 90  # how long a command stopped by a signal waits for submitit's USR2
+# a command stopped by SIGTERM or Ctrl-C: Python re-raises KeyboardInterrupt as SIGINT
+INTERRUPTED = (-signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGTERM)
 FOLDER = ".submitit"  # in a sweep or run directory: submitit's scripts and job logs
 ACTIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING",
           "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED")  # fmt: skip
@@ -58,6 +63,10 @@ class Command:
     log = self.log if task == 0 else self.log.with_suffix(f".task{task}.log")
     with log.open("a") as out:
       code = subprocess.run(self.command, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+    if code in INTERRUPTED:
+      # A preemption may send SIGTERM before submitit's USR2: the command stops at the SIGTERM,
+      # and failing now would end the job before submitit can requeue it. A cancel kills us.
+      time.sleep(PREEMPT_GRACE_S)
     if code:
       raise RuntimeError(f"{' '.join(self.command[3:5])} exited {code}: see {log}")
     return code

@@ -68,7 +68,10 @@ def reference(tmp_path):
     proc.wait()
 
 
-def test_preempted_training_job_is_requeued_and_resumes(slurm, reference, tmp_path):
+# USR2 alone: the time limit's warning. SIGTERM first: a preemption as submitit models it, which
+# stops the command before submitit's USR2 arrives (`Command` waits for it instead of failing).
+@pytest.mark.parametrize("signals", [("USR2",), ("TERM", "USR2")], ids="+".join)
+def test_preempted_training_job_is_requeued_and_resumes(slurm, reference, tmp_path, signals):
   d = tmp_path / "job"
   main(["train", "--workdir", str(d), *TRAIN, "--launcher", "slurm"])
   job = launcher.recorded_job(d)
@@ -80,9 +83,11 @@ def test_preempted_training_job_is_requeued_and_resumes(slurm, reference, tmp_pa
   saved = _wait(checkpointed, "no checkpoint", d, job)
   # What SLURM sends before the time limit (submitit's `--signal=USR2@90`): to the job step's
   # processes. Not `--full`: the batch shell would die of it, racing the requeue.
-  sig = subprocess.run(["scancel", "--signal=USR2", job], capture_output=True, text=True,
-                       timeout=30)  # fmt: skip
-  assert sig.returncode == 0, f"{sig.stderr}\n{_logs(d, job)}"
+  for i, name in enumerate(signals):
+    time.sleep(3 if i else 0)  # the command has stopped at the SIGTERM by then
+    sig = subprocess.run(["scancel", f"--signal={name}", job], capture_output=True, text=True,
+                         timeout=30)  # fmt: skip
+    assert sig.returncode == 0, f"{sig.stderr}\n{_logs(d, job)}"
 
   def requeued():
     info = _job(job)
