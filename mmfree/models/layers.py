@@ -122,5 +122,9 @@ class BitLinear(nnx.Module):
     return point(self, "bitlinear_out", y_BxTxO)
 
   def _matmul(self, x_BxTxI, w_IxO):
+    # On rows [B·T, I]: a weight gradient that contracts B and T as one dimension needs no
+    # transposed copy of the output gradient (XLA's CPU dot made one per layer, ~15% of a step).
     dt = jnp.dtype(self.matmul_dtype)
-    return jnp.matmul(x_BxTxI.astype(dt), w_IxO.astype(dt), preferred_element_type=jnp.float32)
+    x_NxI = x_BxTxI.reshape(-1, x_BxTxI.shape[-1]).astype(dt)
+    y_NxO = jnp.matmul(x_NxI, w_IxO.astype(dt), preferred_element_type=jnp.float32)
+    return y_NxO.reshape(*x_BxTxI.shape[:-1], w_IxO.shape[-1])
