@@ -4,6 +4,9 @@
   uv run mmfree sweep experiments/quant_ablation.py --workdir runs/quant_ablation --workers 2
   uv run mmfree sweep experiments/quant_ablation.py:ptq ...   # the post-training points alone
   uv run mmfree report runs/quant_ablation
+  uv run mmfree search experiments/quant_ablation.py:ptq --workdir runs/quant_search --trials 40 \
+    --workers 2                                                 # the levers together (get_search)
+  uv run mmfree search --report runs/quant_search               # its front and best design
 
 Every point starts from runs/tiny's weights (`train.init_from`; another trained run or imported
 checkpoint: `--config.train.init_from=DIR`). Post-training points take them as they are
@@ -108,3 +111,27 @@ def get_sweep(arg: str = "default"):
     {**QAT, "quant.nonlinearity": "relu"},
   ]
   return one_at_a_time + fine_tune
+
+
+def get_search(arg: str = "default"):
+  """The levers of the post-training points together, for `mmfree search`: all of them valid in
+  any combination (integer RMSNorm inputs stay within 16 bits, BitLinear inputs within 8)."""
+  if arg == "smoke":  # a tuple-valued lever too: the per-point widths
+    return {
+      "quant.act_bits": [8, 4],
+      "quant.nonlinearity": ["silu", "relu"],
+      "quant.bits": [(), ("block_in=12", "residual=12")],
+    }
+  if arg not in ("default", "ptq"):
+    raise ValueError(f"experiments/quant_ablation.py: no search for {arg!r} (default, ptq, smoke)")
+  residual = ("block_in=12", "residual=12")  # the residual stream, wider than the activations
+  norms = ("attn_norm=12", "mlp_norm=12", "final_norm=12")  # the norms' outputs
+  return {
+    "quant.act_bits": [4, 6, 8],
+    "quant.input_bits": [4, 6, 8],
+    "quant.state_bits": [8, 12, 16],
+    "quant.lut_size": [4, 8, 16],
+    "quant.nonlinearity": ["silu", "relu"],
+    "quant.bitlinear_input": ["per_token", "static"],
+    "quant.bits": [(), residual, norms, residual + norms],
+  }

@@ -338,7 +338,7 @@ PROMPT = (
 
 
 def parser() -> argparse.ArgumentParser:
-  from mmfree import results, slurm, sweep
+  from mmfree import results, search, slurm, sweep
 
   p = argparse.ArgumentParser(prog="mmfree", description=__doc__, allow_abbrev=False)
   sub = p.add_subparsers(dest="cmd", required=True)
@@ -465,6 +465,7 @@ def parser() -> argparse.ArgumentParser:
   ls.set_defaults(fn=cmd_lava_setup)
 
   sweep.add_parser(sub)
+  search.add_parser(sub)
   results.add_parser(sub)
   return p
 

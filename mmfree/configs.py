@@ -96,13 +96,19 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: dict) -> ml_colle
   return cfg
 
 
-def load_experiment(spec: str, overrides: dict | None = None) -> Experiment:
-  """The experiment `spec` ('path.py[:arg]') with dotted `overrides` applied."""
+def load_config(spec: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
+  """The ConfigDict of `spec` ('path.py[:arg]') with dotted `overrides` applied: what an
+  experiment file built on another one's config returns from its `get_config`."""
   path, arg = split_spec(spec)
   cfg = _call(_load_module(path).get_config, arg)
   if not isinstance(cfg, ml_collections.ConfigDict):
     raise ValueError(f"{path}: get_config must return an ml_collections.ConfigDict")
-  return to_experiment(apply_overrides(cfg, overrides or {}).to_dict(), str(spec), overrides)
+  return apply_overrides(cfg, overrides or {})
+
+
+def load_experiment(spec: str, overrides: dict | None = None) -> Experiment:
+  """The experiment `spec` ('path.py[:arg]') with dotted `overrides` applied."""
+  return to_experiment(load_config(spec, overrides).to_dict(), str(spec), overrides)
 
 
 def report_hook(spec: str):
@@ -119,6 +125,50 @@ def load_sweep(spec: str) -> list[dict]:
   if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
     raise ValueError(f"{path}: get_sweep must return a list of dicts of dotted overrides")
   return points
+
+
+def load_search(spec: str) -> dict[str, list]:
+  """The experiment's search space (`mmfree search`): {dotted key: [choices]}, each choice a
+  value as sweep points take it, each checked alone against the experiment."""
+  path, arg = split_spec(spec)
+  module = _load_module(path)
+  if not hasattr(module, "get_search"):
+    raise ValueError(
+      f"{path} defines no get_search(arg): add one returning the levers to search, e.g. "
+      "{'quant.act_bits': [4, 6, 8]}"
+    )
+  space = _call(module.get_search, arg)
+  if not isinstance(space, dict) or not space:
+    raise ValueError(f"{path}: get_search must return a non-empty dict of dotted key -> choices")
+  for key, choices in space.items():
+    if not isinstance(choices, list | tuple) or not choices:
+      raise ValueError(f"{path}: get_search: {key!r} has no choices: give a non-empty list")
+    texts = [override_text(key, v) for v in choices]
+    if len(set(texts)) < len(texts):
+      raise ValueError(f"{path}: get_search: {key!r} lists a choice twice: {list(choices)}")
+    for v in choices:  # an unknown key or a wrong value fails here, not trials later
+      try:
+        load_experiment(spec, {key: v})
+      except ValueError as e:
+        raise ValueError(f"{path}: get_search: {key}={v!r} is no valid choice: {e}") from None
+  return {k: list(v) for k, v in space.items()}
+
+
+def override_text(key: str, value) -> str:
+  """The text of `--config.KEY=TEXT` that reads back as `value`: strings raw where that is
+  unambiguous, else a Python literal."""
+  text = value if isinstance(value, str) and parse_value(value) == value else repr(value)
+  if parse_value(text) != value:
+    raise ValueError(
+      f"override value {key}={value!r} does not survive a command line: use a literal (a number, "
+      "string, bool, None, or a tuple or list of them)"
+    )
+  return text
+
+
+def override_arg(key: str, value) -> str:
+  """`--config.KEY=VALUE` that reads back as `value`."""
+  return f"--config.{key}={override_text(key, value)}"
 
 
 def parse_overrides(args: list[str], prefix: str = "--config.") -> dict:

@@ -28,9 +28,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mmfree import configs, slurm
+from mmfree.configs import override_arg  # also sweep.override_arg
 from mmfree.core import digest
 from mmfree.core.dicts import flatten
-from mmfree.core.experiment import config_changes, parse_value
+from mmfree.core.experiment import config_changes
 from mmfree.core.files import CONFIG, STATUS, exclusive, read_json, sigterm_as_interrupt, write_json
 
 MANIFEST = "sweep.json"
@@ -74,14 +75,6 @@ def _short(v) -> str:
   if isinstance(v, list | tuple):
     return "+".join(_short(x) for x in v)
   return str(v)
-
-
-def override_arg(key: str, value) -> str:
-  """`--config.KEY=VALUE` that reads back as `value`: strings raw where that is unambiguous."""
-  text = value if isinstance(value, str) and parse_value(value) == value else repr(value)
-  if parse_value(text) != value:
-    raise ValueError(f"sweep value {key}={value!r} does not survive a command line: use a literal")
-  return f"--config.{key}={text}"
 
 
 def run_status(run_dir: Path) -> str:
@@ -243,8 +236,9 @@ def _lock(workdir: Path):
   return exclusive(workdir / ".sweep.lock", RuntimeError(f"another sweep is running in {workdir}"))
 
 
-def _run_all(todo: list[Run], workers: int, summary: dict) -> list[Run]:
-  env = dict(os.environ, PYTHONUNBUFFERED="1")  # run.log keeps up with the child
+def _run_all(todo: list[Run], workers: int, summary: dict, env: dict | None = None) -> list[Run]:
+  """Runs `todo`, `workers` at a time, with `env` added to the children's environment."""
+  env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))  # run.log keeps up with the child
   if workers > 1:  # JAX would otherwise give most of the accelerator's memory to the first run
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   pending, running, failed = list(todo), {}, []
