@@ -3,13 +3,15 @@
   uv run python scripts/bench_train.py [--preset small] [--hidden 256 --layers 4 --vocab 4096]
       [--batch 8 --seq 256 --steps 20] [--compile-layers 4,24,32] [--mesh-fsdp 1]
 
-Two loops on the same jitted AdamW step, in the same process: the baseline reads the loss on the
-host every step and builds each batch in the loop; mmfree's (`train.train`) carries finiteness on
-the device, reads the loss every `log_every` steps (here: at the end) and reads batches ahead on a
+Two loops on the same jitted AdamW step, in the same process: the baseline is the loop as it was
+before (it reads the loss on the host every step, builds each batch in the loop, and BitLinear
+multiplies [B, T, I] activations, whose weight gradient XLA's CPU dot computes through a transposed
+copy of each output gradient, ~15% of a step); mmfree's (`train.train`) carries finiteness on the
+device, reads the loss every `log_every` steps (here: at the end) and reads batches ahead on a
 thread (`pipeline.batches(prefetch=2)`), placed with `make_array_from_process_local_data`; then
 mmfree's loop with bfloat16 BitLinear operands (`model.matmul_dtype`: float32 master weights and
-accumulation; at `bitnet` the operands are small integers, exact in bfloat16). All on the
-(data, fsdp) mesh of every local device.
+accumulation; at `bitnet` the operands are small integers, exact in bfloat16). All on the (data,
+fsdp) mesh of every local device.
 
 Model FLOPs per token (written out; MFU's convention: forward + backward = 3x forward, no
 rematerialization, quantizer arithmetic not counted): every BitLinear is a dense matmul in
@@ -22,6 +24,7 @@ with the blocks unrolled and under one scan (`model.scan_layers`).
 """
 
 import argparse
+import contextlib
 import time
 
 import jax
@@ -33,7 +36,7 @@ from mmfree.algorithms import mesh
 from mmfree.algorithms import train as loop
 from mmfree.core.train import MeshConfig, TrainConfig
 from mmfree.data import pipeline
-from mmfree.models import MMfreeLM, lm, preset
+from mmfree.models import MMfreeLM, layers, lm, preset
 
 
 def flops_per_token(cfg) -> float:
@@ -68,12 +71,30 @@ def _setup(cfg, m: MeshConfig):
   return step, params, opt_state, layout, mesh.batch(devices)
 
 
+@contextlib.contextmanager
+def _batched_matmul():
+  """BitLinear's matmul as it was before: on [B, T, I], its weight gradient contracting B and T
+  (XLA's CPU dot then transposes each output gradient). Active while the baseline traces."""
+  rows = layers.BitLinear._matmul
+
+  def batched(self, x_BxTxI, w_IxO):
+    dt = jnp.dtype(self.matmul_dtype)
+    return jnp.matmul(x_BxTxI.astype(dt), w_IxO.astype(dt), preferred_element_type=jnp.float32)
+
+  layers.BitLinear._matmul = batched
+  try:
+    yield
+  finally:
+    layers.BitLinear._matmul = rows
+
+
 def baseline(cfg, m, ids, batch, seq, steps) -> float:
-  """Seconds per step: the loss read every step, batches made in the loop."""
+  """Seconds per step: the loss read every step, batches made in the loop, the [B, T, I] matmul."""
   step, params, opt_state, _, sharding = _setup(cfg, m)
   batches = pipeline.batches(ids, batch, seq, 0)
   put = lambda: jax.device_put(next(batches), sharding)
-  params, opt_state, loss, _ = step(params, opt_state, put())
+  with _batched_matmul():
+    params, opt_state, loss, _ = step(params, opt_state, put())
   float(loss)  # compiled
   t0 = time.perf_counter()
   for _ in range(steps):
@@ -132,7 +153,7 @@ def main():
   ours = mmfree_loop(cfg, m, ids, args.batch, args.seq, args.steps)
   bf16 = mmfree_loop(cfg.replace(matmul_dtype="bfloat16"), m, ids, args.batch, args.seq,
                      args.steps)  # fmt: skip
-  rows = (("baseline (sync every step)", base), ("mmfree", ours),
+  rows = (("baseline (sync every step, [B, T, I] matmul)", base), ("mmfree", ours),
           ("mmfree, bfloat16 matmul operands", bf16))  # fmt: skip
   for name, s in rows:
     tps = tokens / s
