@@ -4,7 +4,8 @@ on another process count, a failing process stopping the other with its message.
 
 Tolerance: float32 reduction order. Sharded and replicated layouts sum gradients in another
 order, so losses agree to RTOL and parameters to ATOL (a BitLinear kernel's entries are ~0.02;
-measured differences are printed with -s)."""
+AdamW divides by √v, so a near-zero gradient's reordered bits move its update most: 1×8 against
+8×1 measured 7e-6 after 6 steps; measured differences are printed with -s)."""
 
 import json
 import os
@@ -28,7 +29,7 @@ STEPS = 6
 TRAIN = ["--config", str(ROOT / "experiments/tiny.py:smoke"), f"--config.train.steps={STEPS}",
          "--config.train.batch_size=8", "--config.train.log_every=1",
          "--config.train.ckpt_every=3", "--config.train.eval_every=3"]  # fmt: skip
-RTOL, ATOL = 1e-5, 1e-6
+RTOL, ATOL = 1e-5, 1e-5
 
 # one worker runs them all, in order: they share the reference run
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("distributed")]

@@ -105,7 +105,9 @@ def test_preempted_training_job_is_requeued_and_resumes(slurm, reference, tmp_pa
   info, logs = _job(job), _logs(d, job)
   assert (info["JobState"], info["Restarts"]) == ("COMPLETED", "1"), logs
   out = (d / launcher.FOLDER / job / f"{job}_0_log.out").read_text()
-  assert out.count("Starting with JobEnvironment") == 2 and "Requeued job" in out, logs
+  # Not submitit's "Requeued job" line: SLURM may kill `scontrol requeue` (a process of the job)
+  # before it returns, once the requeue has taken; Restarts=1 and a second start are the proof.
+  assert out.count("Starting with JobEnvironment") == 2, logs
   log = (d / "run.log").read_text()
   resumed = [int(k) for k in re.findall(r"resuming \S+ from step (\d+)", log)]
   assert len(resumed) == 1 and saved <= resumed[0] < STEPS, logs
