@@ -1,6 +1,7 @@
 """Training throughput: tokens/s, step time and model FLOPs utilization of the train loop.
 
   uv run python scripts/bench_train.py [--preset small] [--hidden 256 --layers 4 --vocab 4096]
+  bash scripts/device/bench_train.sh 370m       # on a lent GPU machine (the `device` tool)
       [--batch 8 --seq 256 --steps 20] [--compile-layers 4,24,32] [--mesh-fsdp 1]
 
 Two loops on the same jitted AdamW step, in the same process: the baseline is the loop as it was
@@ -130,23 +131,24 @@ def compile_seconds(cfg, m, batch, seq) -> float:
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--preset", default="small")
-  ap.add_argument("--hidden", type=int, default=256)
-  ap.add_argument("--layers", type=int, default=4)
-  ap.add_argument("--vocab", type=int, default=4096)
+  ap.add_argument("--hidden", type=int, help="default: the preset's (small: 256)")
+  ap.add_argument("--layers", type=int, help="default: the preset's (small: 4)")
+  ap.add_argument("--vocab", type=int, help="default: the preset's (small: 4096)")
   ap.add_argument("--batch", type=int, default=8)
   ap.add_argument("--seq", type=int, default=256)
   ap.add_argument("--steps", type=int, default=20)
   ap.add_argument("--mesh-fsdp", type=int, default=1, help="mesh.fsdp (data: the rest)")
   ap.add_argument("--compile-layers", default="4,24,32", help="'' to skip")
   args = ap.parse_args()
-  cfg = preset(args.preset, hidden_size=args.hidden, num_hidden_layers=args.layers,
-               vocab_size=args.vocab)  # fmt: skip
+  sizes = {"hidden_size": args.hidden, "num_hidden_layers": args.layers, "vocab_size": args.vocab}
+  cfg = preset(args.preset, **{k: v for k, v in sizes.items() if v is not None})
   m = MeshConfig(data=0, fsdp=args.mesh_fsdp)
-  ids = np.random.default_rng(0).integers(0, args.vocab, 1 << 20).astype(np.int32)
+  ids = np.random.default_rng(0).integers(0, cfg.vocab_size, 1 << 20).astype(np.int32)
   tokens = args.batch * args.seq
   fpt, peak = flops_per_token(cfg), matmul_peak()
-  print(f"preset {args.preset} H={args.hidden} L={args.layers} V={args.vocab}, batch "
-        f"{args.batch} x {args.seq}, {jax.device_count()} {jax.devices()[0].platform} devices; "
+  print(f"preset {args.preset} H={cfg.hidden_size} L={cfg.num_hidden_layers} "
+        f"V={cfg.vocab_size}, batch {args.batch} x {args.seq}, {jax.device_count()} "
+        f"{jax.devices()[0].platform} devices; "
         f"{fpt / 1e6:,.1f} MFLOP a token; matmul peak {peak / 1e9:,.1f} GFLOP/s")  # fmt: skip
   print("| loop | step ms | tokens/s | MFU | vs baseline |\n|---|---:|---:|---:|---:|")
   base = baseline(cfg, m, ids, args.batch, args.seq, args.steps)
