@@ -1,8 +1,8 @@
 """Training throughput: tokens/s, step time and model FLOPs utilization of the train loop.
 
   uv run python scripts/bench_train.py [--preset small] [--hidden 256 --layers 4 --vocab 4096]
-  bash scripts/device/bench_train.sh 370m       # on a lent GPU machine (the `device` tool)
       [--batch 8 --seq 256 --steps 20] [--compile-layers 4,24,32] [--mesh-fsdp 1]
+  bash scripts/device/bench_train.sh 370m       # on a lent GPU machine (the `device` tool)
 
 Two loops on the same jitted AdamW step, in the same process: the baseline is the loop as it was
 before (it reads the loss on the host every step, builds each batch in the loop, and BitLinear
