@@ -157,7 +157,7 @@ def stack_blocks(graphdef, params):
   """(graphdef, params) with blocks 1..L-1 stored as one block of stacked [L-1, ...] arrays, the
   layout training keeps under `model.scan_layers`: the step then holds as many arrays (and the
   optimizer as many updates) at 32 layers as at 4, so its compile time stays flat with depth.
-  Returns the inputs when the blocks cannot be scanned; `unstack_blocks` undoes it."""
+  Returns the inputs when the blocks cannot be scanned; `unstack_layers` undoes it (on states)."""
   model = nnx.merge(graphdef, params)
   if not model._scannable():
     return graphdef, params
