@@ -82,6 +82,12 @@ class LanguageModel:
     self.config: ModelConfig = model.config
     self.tokenizer = tokenizer
     self.source = source
+    # Sigma-delta senders above threshold 0 keep state that `h` does not carry: such a model
+    # reads every sequence from its start in one call.
+    self._from_start = any(
+      getattr(m, "hw", None) is not None and any(v > 0 for v in m.hw.cfg.lever("delta").values())
+      for _, m in nnx.iter_modules(model)
+    )
     graphdef, self._state = nnx.split(model)
 
     def forward(state, tokens_BxT, h_LxBxD, model=None):
@@ -119,6 +125,11 @@ class LanguageModel:
 
   def _logit_chunks(self, tokens_BxT) -> Iterator[jax.Array]:
     h_LxBxD = self._init_state(len(tokens_BxT))
+    if self._from_start:
+      logits_BxTxV, _ = self._forward(self._state, tokens_BxT, h_LxBxD)
+      yield from (logits_BxTxV[:, s : s + SCORE_CHUNK]
+                  for s in range(0, tokens_BxT.shape[1], SCORE_CHUNK))  # fmt: skip
+      return
     for s in range(0, tokens_BxT.shape[1], SCORE_CHUNK):
       logits_BxCxV, h_LxBxD = self._forward(self._state, tokens_BxT[:, s : s + SCORE_CHUNK],
                                             h_LxBxD)  # fmt: skip
@@ -167,7 +178,10 @@ class LanguageModel:
     for i in range(max_new_tokens):
       next_B = pick(logits_BxV, jax.random.fold_in(key, i))
       yield np.asarray(next_B)
-      if i + 1 < max_new_tokens:
+      if i + 1 < max_new_tokens and self._from_start:  # the prefix again, from its start
+        tokens_BxT = jnp.concatenate([tokens_BxT, next_B[:, None]], axis=1)
+        logits_BxV = self.logits(tokens_BxT)[:, -1]
+      elif i + 1 < max_new_tokens:
         logits_Bx1xV, h_LxBxD = self._forward(self._state, next_B[:, None], h_LxBxD)
         logits_BxV = logits_Bx1xV[:, 0]
 

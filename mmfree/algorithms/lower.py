@@ -12,7 +12,9 @@ Skip connections are identity synapses into a residual population's `x` port (a 
 the chip). A BitLinear's accumulator is rescaled by its target population, which receives the
 per-token input exponent beside the accumulated messages. The static range check (`ranges`) runs
 on every program: it is refused if an intermediate can overflow where the design does not
-saturate, and its rows (saturating ones marked) go into `program.json`.
+saturate, and its rows (saturating ones marked) go into `program.json`. Event-driven levers
+(`quant.threshold`, `quant.delta`) are the senders' (`emulate.send`); the state they keep joins
+the populations' `state_bits`, so that the mapping places it.
 """
 
 import dataclasses
@@ -24,7 +26,7 @@ from mmfree.core import files
 from mmfree.core.model import ModelConfig
 from mmfree.core.quant import QuantConfig, Scale
 from mmfree.data.tokenizers import load_tokenizer
-from mmfree.loihi import bundle_io, fixed, neurons, program, ranges
+from mmfree.loihi import bundle_io, emulate, fixed, neurons, program, ranges
 from mmfree.loihi.program import HOST, Population, Program, Synapses
 from mmfree.quant import calibrate, hw, integers
 from mmfree.store import checkpoint
@@ -243,9 +245,28 @@ def lower(params: dict, cfg: ModelConfig, qcfg: QuantConfig, scales: dict, *, lm
     synapses=tuple(b.synapses),
     arrays=b.arrays,
   )
+  prog = dataclasses.replace(prog, populations=_lever_states(prog))
   rows = ranges.check(prog)
   ranges.require(rows)
   return dataclasses.replace(prog, ranges=rows)
+
+
+def _lever_states(prog: Program) -> tuple:
+  """Populations with the state their event-driven levers keep: a sigma-delta sender the value
+  its receivers hold (its message width), a receiver the running sum per port (the port's
+  summed-input width, `ranges`)."""
+  lv = emulate.levers(prog)
+  delta = {k for k, v in lv.items() if "delta" in v}
+  out = []
+  for q in prog.populations:
+    state = dict(q.state_bits)
+    if q.name in delta:
+      state["delta_last"] = q.out_bits
+    for port in sorted({s.port for s in prog.fan_in(q.name) if s.source in delta}):
+      groups = [s for s in prog.fan_in(q.name) if s.port == port]
+      state[f"acc_{port}"] = fixed.signed_bits(*ranges.fan_in_interval(prog, groups))
+    out.append(dataclasses.replace(q, state_bits=state))
+  return tuple(out)
 
 
 def inputs(run_dir: Path, lm_head: str) -> dict:

@@ -27,6 +27,11 @@ MAX_BITS = 24  # graded spikes carry up to 24 bits (spec: loihi2.md)
 RMS_IN_MAX_BITS = 16  # the integer RMSNorm squares its input in int32
 WIDE_BITS = 22  # SiLU inputs (±2^15 at Q.6): its output grows with its input; int32-safe products
 MAX_GATE_FRAC = 31 - WIDE_BITS  # SiLU(i)·(1 − f) >> F within 2^30: WIDE_BITS − 1 + F ≤ 30
+# Points whose values are a population's messages (spec: "Event-driven levers"): where a sender can
+# go silent. bitlinear_in only with static scales (a per-token exponent rescales every message).
+MESSAGE_POINTS = ("block_in", "attn_norm", "residual", "mlp_norm", "final_norm", "silu_h",
+                  "g_norm", "gated", "glu_prod", "bitlinear_in")  # fmt: skip
+LEVERS = ("threshold", "delta")  # applied in this order, at the sender
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +66,11 @@ class QuantConfig:
   rmsnorm: str = "int"  # int (the integer kernel, pow2 formats) | float (fake-quantized internals)
   bits: tuple[str, ...] = ()  # per-point widths, e.g. ("h=24", "c=12")
   disabled: tuple[str, ...] = ()  # points left unquantized
+  # Event-driven levers at message points, thresholds in the point's LSBs: values with |q| below
+  # `threshold` are sent as 0; `delta` sends q − (last sent) where its magnitude reaches the
+  # threshold (0: every change, exact) and the receivers accumulate.
+  threshold: tuple[str, ...] = ()  # e.g. ("gated=2",)
+  delta: tuple[str, ...] = ()  # e.g. ("residual=0", "block_in=0")
 
   def __post_init__(self):
     choices = {
@@ -82,6 +92,19 @@ class QuantConfig:
       raise ValueError(f"quant.disabled: unknown points {unknown}; valid: {list(ALL_POINTS)}")
     for name, b in self.point_bits.items():
       _check_bits(f"quant.bits[{name}]", b)
+    for lever in LEVERS:
+      for name, thr in self.lever(lever).items():
+        if thr < 0 or lever == "threshold" and thr == 0:
+          raise ValueError(
+            f"quant.{lever}[{name}]={thr}: must be {'>= 0' if lever == 'delta' else '>= 1'}"
+          )
+        if not self.enabled(name):
+          raise ValueError(f"quant.{lever}[{name}]: the point is in quant.disabled")
+        if name == "bitlinear_in" and self.bitlinear_input != "static":
+          raise ValueError(
+            f"quant.{lever}[bitlinear_in] needs quant.bitlinear_input='static': per-token inputs "
+            "change scale every token, so their integers are not comparable across tokens"
+          )
     if self.rmsnorm == "int":
       if self.scale != "pow2":
         raise ValueError(
@@ -109,15 +132,16 @@ class QuantConfig:
   @property
   def point_bits(self) -> dict[str, int]:
     """The explicit per-point widths of `bits`."""
-    out = {}
-    for item in self.bits:
-      name, sep, value = item.partition("=")
-      if not sep or name not in ALL_POINTS or not value.lstrip("-").isdigit():
-        raise ValueError(
-          f"quant.bits entry {item!r}: expected 'point=bits' with a point of {list(ALL_POINTS)}"
-        )
-      out[name] = int(value)
-    return out
+    return _point_ints("bits", self.bits, ALL_POINTS)
+
+  def lever(self, lever: str) -> dict[str, int]:
+    """{message point: threshold} of lever `threshold` or `delta`."""
+    return _point_ints(lever, getattr(self, lever), MESSAGE_POINTS)
+
+  def levers_of(self, point: str) -> dict[str, int]:
+    """{lever: threshold} at `point` (a point name, or a `hw` key ending in one)."""
+    name = point.rpartition(".")[2]
+    return {k: v[name] for k in LEVERS if name in (v := self.lever(k))}
 
   def enabled(self, point: str) -> bool:
     return point not in self.disabled
@@ -145,6 +169,18 @@ class QuantConfig:
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
+
+
+def _point_ints(field: str, items, points) -> dict[str, int]:
+  out = {}
+  for item in items:
+    name, sep, value = item.partition("=")
+    if not sep or name not in points or not value.lstrip("-").isdigit():
+      raise ValueError(
+        f"quant.{field} entry {item!r}: expected 'point=integer' with a point of {list(points)}"
+      )
+    out[name] = int(value)
+  return out
 
 
 def _check_bits(name: str, bits: int):

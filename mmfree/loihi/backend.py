@@ -141,8 +141,10 @@ def run_lava(bundle: Path, tokens: list[int], max_new_tokens: int, venv: Path = 
     seconds["total"] = time.perf_counter() - t0
     prog = bundle_io.load(bundle)
     tokens_1xT = np.asarray([tokens])
-    activity = emulate.Emulator(prog).activity(outputs)
-    r = emulate.Result(tokens_1xT, z["new"][None], z["logits"][None], outputs, activity)
+    emu = emulate.Emulator(prog)
+    activity = emu.activity(outputs)
+    r = emulate.Result(tokens_1xT, z["new"][None], z["logits"][None], outputs, activity,
+                       levers=emu.levers)  # fmt: skip
     return r, seconds
 
 

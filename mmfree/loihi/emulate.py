@@ -4,7 +4,9 @@ Each neuron kind is a function of its ports' messages, built from the integer ke
 `neurons` (the same ones the `hw` model runs), so its integers equal the `hw` model's at every
 population output. Messages are integers with a Q format (a per-token exponent for a BitLinear's
 integer inputs). Activity per population and token: synaptic operations (non-zero weight ×
-non-zero incoming message), messages sent (non-zero outputs) and neuron updates. Clips per
+non-zero incoming message), messages sent (non-zero outputs), neuron updates, and the messages
+each event-driven lever removed (`quant.threshold`, `quant.delta`: a sender applies them to its
+output, a receiver of sigma-delta messages accumulates them per port). Clips per
 quantization point and token: every saturation a population applies, counted under the `hw`
 model's point it implements (the lowering names them in `point_*` and `*_path` parameters), so
 they equal the `hw` model's saturation counts on the same tokens. numpy only.
@@ -14,10 +16,14 @@ import dataclasses
 
 import numpy as np
 
+from mmfree.core.experiment import as_tuples, to_dataclass
+from mmfree.core.quant import QuantConfig
 from mmfree.loihi import fixed, neurons, program, ranges
 from mmfree.loihi.program import EMBEDDING, HOST, Population, Program
 
-ACTIVITY = ("synops", "messages", "updates")  # counted per population and step
+# Counted per population and step: the last two are the messages each lever silenced (non-zero
+# values it sent as 0, changes below the delta threshold and unchanged values).
+ACTIVITY = ("synops", "messages", "updates", "removed_threshold", "removed_delta")
 
 
 @dataclasses.dataclass
@@ -33,9 +39,10 @@ class Result:
   tokens: np.ndarray  # [B, T] the input tokens
   new: np.ndarray  # [B, N] the greedy continuation
   logits: np.ndarray  # [B, T + N − 1, V] float32, one row per step
-  outputs: dict  # population -> int64 [B, T, n], when recorded
+  outputs: dict  # population -> int64 [B, T, n] it computed (before its levers), when recorded
   activity: dict  # population -> {ACTIVITY name: int64 [steps]}
   clips: dict = dataclasses.field(default_factory=dict)  # (population, point) -> int64 [steps]
+  levers: dict = dataclasses.field(default_factory=dict)  # sender -> its point and levers
 
 
 def _matmul_weights(program: Program, s) -> np.ndarray:
@@ -53,6 +60,36 @@ def out_frac(pop: Population) -> int | None:
   if pop.kind == "bitlinear_in":
     return -p["e_x"] if p["policy"] == "static" else None
   return p["logits_out_frac"] if pop.kind == "readout" else p["out_frac"]
+
+
+def out_point(pop: Population) -> str | None:
+  """The `hw` point a population's messages are the values of (None: the readout's logits)."""
+  return pop.params.get("point_in" if pop.kind == "bitlinear_in" else "point_out")
+
+
+def levers(program: Program) -> dict:
+  """{sender (a population or HOST): {"point": its `hw` point, lever: threshold, ...}} for the
+  senders with levers, refused where a receiver could not accumulate (a port fed by senders
+  with and without delta, a host lm_head)."""
+  qcfg = to_dataclass(QuantConfig, as_tuples(program.quant), "quant")
+  first = next(q for q in program.populations if q.kind == "rmsnorm")
+  points = {HOST: first.params.get("point_in")} | {
+    q.name: out_point(q) for q in program.populations
+  }
+  out = {k: {"point": point, **lv} for k, point in points.items()
+         if point and (lv := qcfg.levers_of(point))}  # fmt: skip
+  for s in program.synapses:
+    if s.target == HOST and s.source in out:
+      raise ValueError(
+        f"{s.source}: quant.threshold/quant.delta on the lm_head's input need the lm_head on chip "
+        "(`mmfree lower --lm-head chip`): the host reads its messages dense"
+      )
+  for q in program.populations:
+    for port in {s.port for s in program.fan_in(q.name)}:
+      kinds = {"delta" in out.get(s.source, {}) for s in program.fan_in(q.name) if s.port == port}
+      if len(kinds) > 1:
+        raise ValueError(f"{q.name}: port {port!r} sums sigma-delta and plain messages")
+  return out
 
 
 def _sub(p: dict, prefix: str) -> dict:
@@ -73,7 +110,11 @@ class Emulator:
     first = next(q for q in program.populations if q.kind == "rmsnorm")
     self.embed_fmt = (first.params["in_frac"], first.params["in_bits"])
     self.embed_point = first.params.get("point_in")
+    self.levers = levers(program)
     self.state: dict = {}
+    self.last: dict = {}  # sigma-delta sender -> the value its receivers hold [B, n]
+    self.acc: dict = {}  # (population, port) fed sigma-delta messages -> their running sum
+    self.removed: dict = {}  # sender -> (threshold, delta) messages its levers removed this step
     self.clips: dict = {}  # (population, point) -> values clipped in the current step
     self._pop = HOST  # the population being stepped, for `clip`
     self._weights, self._row_nnz = {}, {}  # built on first use: a Lava neuron process needs none
@@ -91,7 +132,13 @@ class Emulator:
 
   def reset(self, batch: int):
     self.state = {q.name: np.zeros((batch, q.size), np.int64) for q in self.p.populations
-                  if q.state_bits}  # fmt: skip
+                  if "h" in q.state_bits}  # fmt: skip
+    delta = {k for k, lv in self.levers.items() if "delta" in lv}
+    H = self.embedding.shape[1]
+    self.last = {k: np.zeros((batch, H if k == HOST else self.p.population(k).size), np.int64)
+                 for k in delta}  # fmt: skip
+    self.acc = {(s.target, s.port): np.zeros((batch, s.n_out), np.int64)
+                for s in self.p.synapses if s.source in delta}  # fmt: skip
 
   def count(self, point: str | None, mask):
     """Count the values `mask` marks as clips of `point` (a `hw` point key), in the current
@@ -120,46 +167,70 @@ class Emulator:
     self._pop = HOST
     return Msg(self.clip(self.embed_point, u.astype(np.int64), bits), f)
 
-  def counts(self, pop: Population, q_in: dict, y_q: np.ndarray) -> tuple[int, int, int]:
-    """(synops, messages, updates) of `pop` in one step: sources' integers `q_in` [B, n] in,
-    its own `y_q` [B, n] out."""
-    synops = sum(int(((q_in[s.source] != 0) * self.row_nnz(s.name)).sum())
+  def send(self, sender: str, y_q: np.ndarray) -> np.ndarray:
+    """The messages `sender` sends for its output `y_q` [B, n] under its levers (its own
+    integers without any), and what each lever removed, in `self.removed`."""
+    lv = self.levers.get(sender, {})
+    q = neurons.threshold_int(y_q, lv["threshold"]) if "threshold" in lv else y_q
+    d = q
+    if "delta" in lv:
+      d, self.last[sender] = neurons.delta_step_int(q, self.last[sender], lv["delta"])
+    nnz = [int(np.count_nonzero(v)) for v in (y_q, q, d)]
+    self.removed[sender] = (nnz[0] - nnz[1], nnz[1] - nnz[2])
+    return d
+
+  def fire(self, pop: Population, ports: dict) -> Msg:
+    """`pop`'s output for the step from its ports' summed synaptic input; a port fed sigma-delta
+    messages adds them to what it holds (the receiver's accumulator)."""
+    for port, m in ports.items():
+      if (key := (pop.name, port)) in self.acc:
+        self.acc[key] = self.acc[key] + m.q
+        ports[port] = Msg(self.acc[key], m.frac)
+    self._pop = pop.name
+    return KINDS[pop.kind](self, pop, ports)
+
+  def counts(self, pop: Population, sent: dict) -> tuple[int, ...]:
+    """`ACTIVITY` of `pop` in one step, from every sender's messages `sent` [B, n] (the
+    levers' removals from `self.removed`)."""
+    synops = sum(int(((sent[s.source] != 0) * self.row_nnz(s.name)).sum())
                  for s in self.fan_in[pop.name])  # fmt: skip
+    y_q = sent[pop.name]
     messages = int(np.count_nonzero(y_q))
     if pop.kind == "bitlinear_in" and pop.params["policy"] == "per_token":
       messages += len(y_q)  # the token's input exponent, one side message per token
-    return synops, messages, pop.size * len(y_q)
+    return synops, messages, pop.size * len(y_q), *self.removed[pop.name]
 
   def activity(self, outputs: dict) -> dict:
     """Activity per population and step, as `run` counts it, from outputs another backend
-    recorded: {population or HOST: integers [B, steps, n]}."""
-    q_by_step = [{k: v[:, t] for k, v in outputs.items()} for t in range(outputs[HOST].shape[1])]
-    act = {}
-    for pop in self.p.populations:
-      rows = [self.counts(pop, q, q[pop.name]) for q in q_by_step]
-      act[pop.name] = dict(zip(ACTIVITY, np.asarray(rows, np.int64).T, strict=True))
-    return act
+    recorded: {population or HOST: integers [B, steps, n]} (before the levers: they are
+    applied again here)."""
+    self.reset(len(outputs[HOST]))
+    rows: dict = {q.name: [] for q in self.p.populations}
+    for t in range(outputs[HOST].shape[1]):
+      sent = {k: self.send(k, v[:, t]) for k, v in outputs.items()}
+      for pop in self.p.populations:
+        rows[pop.name].append(self.counts(pop, sent))
+    return {k: dict(zip(ACTIVITY, np.asarray(v, np.int64).reshape(-1, len(ACTIVITY)).T,
+                        strict=True)) for k, v in rows.items()}  # fmt: skip
 
   def step(self, tokens_B) -> tuple[dict, dict]:
     """(outputs {population: Msg}, activity {population: (synops, messages, updates)}); the
     step's clips are in `self.clips`."""
     self.clips = {}
     out = {HOST: self.embed(tokens_B)}
-    q = {HOST: out[HOST].q}  # the integers alone, for the counts
+    sent = {HOST: self.send(HOST, out[HOST].q)}  # the messages, for the synapses and counts
     activity = {}
     for pop in self.p.populations:
       ports = {}
       for s in self.fan_in[pop.name]:
         if s.source not in out:
           raise ValueError(f"{s.name}: source {s.source!r} runs after its target {pop.name!r}")
-        m = out[s.source]
-        acc = self._matmul(m, s.name)
+        acc = self._matmul(sent[s.source], s.name)
         prev = ports.get(s.port)
-        ports[s.port] = Msg(acc if prev is None else prev.q + acc, m.frac)
-      self._pop = pop.name
-      y = KINDS[pop.kind](self, pop, ports)
-      out[pop.name], q[pop.name] = y, y.q
-      activity[pop.name] = self.counts(pop, q, y.q)
+        ports[s.port] = Msg(acc if prev is None else prev.q + acc, out[s.source].frac)
+      out[pop.name] = y = self.fire(pop, ports)
+      sent[pop.name] = self.send(pop.name, y.q)
+      activity[pop.name] = self.counts(pop, sent)
     return out, activity
 
   def run(self, tokens_BxT, max_new_tokens: int = 0, record: bool = False) -> Result:
@@ -170,7 +241,7 @@ class Emulator:
     steps = T + max(max_new_tokens - 1, 0)  # the last new token is sampled, never fed
     self.reset(B)
     outs: dict = {}
-    act = {q.name: np.zeros((3, steps), np.int64) for q in self.p.populations}
+    act = {q.name: np.zeros((len(ACTIVITY), steps), np.int64) for q in self.p.populations}
     clips: dict = {}
     logits, new = [], []
     for t in range(steps):
@@ -192,6 +263,7 @@ class Emulator:
       {k: np.stack(v, axis=1) for k, v in outs.items()},
       {k: dict(zip(ACTIVITY, v, strict=True)) for k, v in act.items()},
       clips,
+      self.levers,
     )
 
   def logits(self, out: dict) -> np.ndarray:
@@ -203,12 +275,12 @@ class Emulator:
       src = out[head.source]
       rescale = _sub(self.p.population(head.source).params, "head")
       self._pop = HOST
-      m = self._rescale(Msg(self._matmul(src, head.name), src.frac), rescale)
+      m = self._rescale(Msg(self._matmul(src.q, head.name), src.frac), rescale)
     return (m.q * 2.0**-m.frac).astype(np.float32)
 
-  def _matmul(self, m: Msg, synapses: str) -> np.ndarray:
+  def _matmul(self, q: np.ndarray, synapses: str) -> np.ndarray:
     w = self.weights(synapses)
-    return (m.q.astype(w.dtype) @ w).astype(np.int64)  # exact: see `_matmul_weights`
+    return (q.astype(w.dtype) @ w).astype(np.int64)  # exact: see `_matmul_weights`
 
   # --- the neuron kinds --------------------------------------------------------------------------
 

@@ -65,6 +65,22 @@ def clip_report(result, steps: int) -> dict:
           "by_point": by_point}  # fmt: skip
 
 
+def lever_report(result, steps: int) -> dict:
+  """Per `hw` point with event-driven levers: its levers, and per token the messages its
+  senders sent and those each lever removed."""
+  by_point: dict = {}
+  for sender, lv in result.levers.items():
+    if sender not in result.activity:
+      continue  # the host's: its messages are the chip's input, not counted as activity
+    row = by_point.setdefault(lv["point"].rpartition(".")[2], {
+      **{k: v for k, v in lv.items() if k != "point"}, "senders": 0,
+      **dict.fromkeys(("messages", "removed_threshold", "removed_delta"), 0.0)})  # fmt: skip
+    row["senders"] += 1
+    for k in ("messages", "removed_threshold", "removed_delta"):
+      row[k] += float(result.activity[sender][k].sum()) / steps
+  return by_point
+
+
 def emulate_report(result, seconds: dict, tokens: list[int]) -> dict:
   """`emulate.json`'s figures (one schema for `mmfree emulate` and the emulate stage): the
   prompt and new tokens, the emulator's speed, the activity per token and per population."""
@@ -78,6 +94,7 @@ def emulate_report(result, seconds: dict, tokens: list[int]) -> dict:
     "tokens_per_s": steps / seconds["run"],
     "per_token": {k: sum(t[k] for t in totals.values()) / steps for k in emulate.ACTIVITY},
     "by_population": totals,
+    "levers": lever_report(result, steps),
     "clips": clip_report(result, steps) if result.clips else None,  # Lava: with --verify
   }
 
@@ -127,6 +144,7 @@ def measure(bundle: Path, tokens: list[int], new_tokens: int, constants: str | P
     "tokens": steps,
     "seconds": seconds,
     "per_token": {k: sum(t[k] for t in totals.values()) / steps for k in emulate.ACTIVITY},
+    "levers": lever_report(result, steps),
     **prediction,
     "by_layer": cost.by_layer(prediction["by_population"]),
     "placement": dataclasses.asdict(placement),

@@ -1,5 +1,6 @@
 """Integer semantics of the neuron kinds: LUT σ and SiLU, forget gate, inverse square root,
-RMSNorm, the MLGRU integrator, ternary synapses and the BitLinear rescale.
+RMSNorm, the MLGRU integrator, ternary synapses, the BitLinear rescale, and the event-driven
+senders (activation threshold, sigma-delta).
 
 Written once for the hardware-aware JAX model, the emulator and the Lava process models: numpy and
 the standard library only, array-API style (see `fixed`), so each function returns the same
@@ -262,6 +263,23 @@ def mlgru_scan_int(f_TxBxD, c_TxBxD, h0_BxD, f_frac, state_bits, rounding="floor
     h = mlgru_step_int(h, f, c, f_frac, state_bits, rounding)
     h_T.append(h)
   return xp.stack(h_T)
+
+
+def threshold_int(q, threshold):
+  """q with the values of magnitude below `threshold` sent as 0 (an activation threshold)."""
+  xp = namespace(q)
+  q = as_int(q, xp)
+  return xp.where(xp.abs(q) < threshold, xp.zeros_like(q), q)
+
+
+def delta_step_int(q, last, threshold):
+  """(d, last + d): the sigma-delta message of q against the last value sent, d = q − last where
+  |q − last| reaches `threshold` and is not 0, else 0 (silent). The receiver's Σ w·d over steps
+  is Σ w·(last + d): at threshold 0 it sees q exactly."""
+  xp = namespace(q, last)
+  change = as_int(q, xp) - as_int(last, xp)
+  d = xp.where((change != 0) & (xp.abs(change) >= threshold), change, xp.zeros_like(change))
+  return d, last + d
 
 
 def ternary_matvec(x_q, w_q_IxO, x_bits=None):

@@ -246,13 +246,21 @@ def _ports(program: Program, emu: emulate.Emulator, pop: Population, pops: dict)
   return ports
 
 
-def _update(emu: emulate.Emulator, pop: Population, ports: dict, state) -> tuple:
-  """(the message, the new state or None) of one update of `pop` by `emu`'s kind."""
-  if pop.state_bits:
-    emu.state = {pop.name: state}
-  emu.clips, emu._pop = {}, pop.name
-  y = emulate.KINDS[pop.kind](emu, pop, ports)
-  return y, emu.state[pop.name] if pop.state_bits else None
+def _update(emu: emulate.Emulator, pop: Population, ports: dict) -> list:
+  """What one update of `pop` by `emu` makes: the message sent (under its levers), its Q format,
+  and every state it writes (the MLGRU's h, a sigma-delta sender's last value, a receiver's
+  running sums), from traced zero states."""
+
+  def zeros(n: int):
+    return traced(np.zeros((1, n)))
+
+  emu.state = {pop.name: zeros(pop.size)} if "h" in pop.state_bits else {}
+  emu.last = {pop.name: zeros(pop.size)} if "delta_last" in pop.state_bits else {}
+  emu.acc = {(pop.name, p): zeros(pop.size) for p in ports if f"acc_{p}" in pop.state_bits}
+  emu.clips = {}
+  y = emu.fire(pop, ports)
+  return [emu.send(pop.name, y.q), y.frac, *emu.state.values(), *emu.last.values(),
+          *emu.acc.values()]  # fmt: skip
 
 
 _CACHE: dict = {}  # structural key -> ops per neuron
@@ -274,9 +282,7 @@ def _kernel_ops(program: Program, emu: emulate.Emulator, pop: Population, pops: 
   ports = _ports(program, emu, pop, pops)
   key = _key(program, pop, ports)
   if key not in _CACHE:
-    state = traced(np.zeros((1, pop.size))) if pop.state_bits else None
-    y, h = _update(emu, pop, ports, state)
-    ops = count([y.q, y.frac, h])
+    ops = count(_update(emu, pop, ports))
     _CACHE[key] = {**{k: v / pop.size for k, v in ops.items()}, **_state(pop)}
   return dict(_CACHE[key])
 

@@ -119,6 +119,24 @@ def silu_q(x, cfg: QuantConfig):
   return materialize(neurons.silu_int(x_q, _lut(cfg), cfg.rounding), clipped)
 
 
+def send(x_BxTxD, s: Scale, levers: dict):
+  """What the receivers of a message point see under its event-driven levers (`levers_of`): the
+  activation threshold's values, or the sum of the sigma-delta messages since the first token (at
+  threshold 0, the values themselves), with a straight-through gradient."""
+  q = fixed.quantize_scale(sg(x_BxTxD), s.scale, s.bits, "half_even", jnp.int32)  # on the grid
+  if "threshold" in levers:
+    q = neurons.threshold_int(q, levers["threshold"])
+  if levers.get("delta", 0) > 0:  # at 0 every change is sent: the receivers see q
+
+    def step(last_BxD, q_BxD):
+      _, last_BxD = neurons.delta_step_int(q_BxD, last_BxD, levers["delta"])
+      return last_BxD, last_BxD
+
+    _, r_TxBxD = jax.lax.scan(step, jnp.zeros_like(q[:, 0]), jnp.swapaxes(q, 0, 1))
+    q = jnp.swapaxes(r_TxBxD, 0, 1)
+  return ste(q * s.scale, x_BxTxD)
+
+
 def product(hw: Hw, a, name_a: str, b, name_b: str, name_out: str):
   """a·b for point `name_out` by an integer multiply and shift of points a and b's integers when
   all three have power-of-two scales (else the float product). Unsaturated: the point clips, and

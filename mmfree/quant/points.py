@@ -39,10 +39,13 @@ def point(module: nnx.Module, name: str, x, clipped=None):
   if probe is not None and probe.kind != "values":
     _record(module, name, x, probe, clipped)
   hw: hw_lib.Hw | None = getattr(module, "hw", None)
-  if hw is not None and name not in hw_lib.FIXED_POINTS and (s := hw.scale(name)) is not None:
+  s = None if hw is None or name in hw_lib.FIXED_POINTS else hw.scale(name)
+  if s is not None:
     x = hw_lib.fake_quant(x, s, hw.cfg.rounding)
   if probe is not None and probe.kind == "values":
-    _record(module, name, x, probe)
+    _record(module, name, x, probe)  # what the population computes, before its levers
+  if s is not None and (levers := hw.cfg.levers_of(name)):
+    x = hw_lib.send(x, s, levers)
   return x
 
 

@@ -146,6 +146,7 @@ def run(bundle: Path, tokens: list[int], max_new_tokens: int, work: Path,
   t0 = time.perf_counter()
   prog = bundle_io.load(bundle)
   host = emulate.Emulator(prog)  # the host's part: embedding rows in, the lm_head when it is host's
+  host.reset(1)  # the host's sender state, under sigma-delta block inputs
   pl = plan(prog, host.embed_fmt[0])
   T, D = len(tokens), pl.pipeline
   rec = _Records(prog, work, T + D + max(max_new_tokens - 1, 0) * (D + 1))
@@ -154,13 +155,14 @@ def run(bundle: Path, tokens: list[int], max_new_tokens: int, work: Path,
   head = (prog.population("readout") if prog.io["lm_head"] == "chip" else
           prog.population(next(s.source for s in prog.synapses if s.target == HOST)))  # fmt: skip
   built, run_s, done = time.perf_counter(), 0.0, 0
-  entries, new = [], []
+  entries, new, rows = [], [], []  # rows: the host's embedding rows, before its levers
 
   def advance(batch: list[int]):
     nonlocal done, run_s
     for tok in batch:
       entries.append(done + 1 if not entries or entries[-1] <= done else entries[-1] + 1)
-      rec.enter(entries[-1], host.embed([tok]).q[0])
+      rows.append(host.embed([tok]).q)
+      rec.enter(entries[-1], host.send(HOST, rows[-1])[0])
     t1 = time.perf_counter()
     procs[HOST].run(condition=RunSteps(num_steps=entries[-1] + D - done), run_cfg=cfg)
     run_s += time.perf_counter() - t1
@@ -177,6 +179,6 @@ def run(bundle: Path, tokens: list[int], max_new_tokens: int, work: Path,
   procs[HOST].stop()
   idx = np.asarray(entries) - 1
   outputs = {name: np.asarray(r[idx]) for name, r in rec.out.items()}
-  outputs[HOST] = np.asarray(rec.rows[idx], np.int64)
+  outputs[HOST] = np.concatenate(rows).astype(np.int64)
   return Run(np.asarray(new, np.int64), np.stack([logits(e) for e in entries]), outputs,
              {"build": built - t0, "run": run_s, "timesteps": done})  # fmt: skip

@@ -1,7 +1,9 @@
 """Processes and their fixed-point ProcessModels: the host's input, and one population of neurons.
 
 A `Neurons` process is one population of a bundle: its model runs the population's fused neuron
-kind with the emulator's integer kernels (`emulate.KINDS`), so Lava computes the same integers.
+kind with the emulator's integer kernels (`emulate.KINDS`), so Lava computes the same integers,
+and sends under the population's event-driven levers (`Emulator.send`: the sigma-delta messages
+travel through Lava's Dense processes, and the receiving model accumulates them).
 Its data InPorts carry the summed fan-in of Lava `Dense` processes (one timestep late); a BitLinear
 input's per-token exponent arrives on an `e_<port>` InPort straight from its source (no delay).
 Each port delays what it receives so that every input of one token lines up (`delays`), and the
@@ -105,7 +107,6 @@ class PyNeuronsModel(PyLoihiProcessModel):
     self.emu = emulate.Emulator(bundle_io.load(p["bundle"]))
     self.emu.reset(1)
     self.pop = self.emu.p.population(p["name"])
-    self.kind = emulate.KINDS[self.pop.kind]
     self.depth, self.fracs = p["depth"], p["fracs"]
     self.lines = {port: [None] * d for port, d in p["delays"].items()}  # FIFOs, oldest first
     self.valid = np.load(p["valid"], mmap_mode="r")
@@ -141,11 +142,11 @@ class PyNeuronsModel(PyLoihiProcessModel):
           continue
         frac = -np.asarray(got[f"e_{port}"], np.int64)[None] if f"e_{port}" in got else None
         ports[port] = emulate.Msg(np.asarray(v, np.int64)[None], self.fracs.get(port, frac))
-      m = self.kind(self.emu, self.pop, ports)
+      m = self.emu.fire(self.pop, ports)  # sigma-delta ports: accumulated by the emulator's code
       self.out[token - 1] = m.q[0]
       if self.pop.kind == "bitlinear_in":
         e[0] = -np.asarray(m.frac).reshape(-1)[0]
         self.out_e[token - 1] = e[0]
-      y = np.asarray(m.q[0], np.int32)
+      y = np.asarray(self.emu.send(self.pop.name, m.q)[0], np.int32)  # under its levers
     self.y.send(y)
     self.e.send(e)
