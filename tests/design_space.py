@@ -9,7 +9,7 @@ from flax import nnx
 
 from mmfree.algorithms import lower
 from mmfree.core.model import ModelConfig
-from mmfree.core.quant import QuantConfig
+from mmfree.core.quant import MESSAGE_POINTS, QuantConfig
 from mmfree.loihi import emulate
 from mmfree.models import MMfreeLM
 from mmfree.quant import calibrate, hw
@@ -26,6 +26,14 @@ AXES = {
   "bitlinear_input": ("per_token", "static"),
   "input_bits": (8, 6, 12),
   "lut": ((8, 6, 8), (4, 6, 8), (16, 5, 9), (8, 7, 7)),  # (size, in_frac, out_frac)
+  "levers": (  # (threshold, delta): none, sigma-delta at 0 everywhere, thresholds above 0
+    ((), ()),
+    ((), tuple(f"{p}=0" for p in MESSAGE_POINTS if p != "bitlinear_in")),
+    (
+      ("gated=2", "glu_prod=1", "g_norm=3"),
+      ("residual=2", "block_in=1", "silu_h=1", "attn_norm=0", "final_norm=1"),
+    ),
+  ),
 }
 MODEL_AXES = {
   "hidden_size": (24, 13, 40, 19),  # powers of two and not
@@ -53,9 +61,10 @@ class Draw:
 def draw(i: int) -> Draw:
   q, m = pick(AXES, i), pick(MODEL_AXES, i)
   size, in_frac, out_frac = q.pop("lut")
+  threshold, delta = q.pop("levers")
   lm_head = m.pop("lm_head")
   qcfg = QuantConfig(**q, lut_size=size, lut_in_frac=in_frac, lut_out_frac=out_frac,
-                     lut_x_max=8.0)  # fmt: skip
+                     lut_x_max=8.0, threshold=threshold, delta=delta)  # fmt: skip
   cfg = ModelConfig(vocab_size=VOCAB, bos_token_id=None, eos_token_id=None, **m)
   return Draw(qcfg, cfg, lm_head, i)
 

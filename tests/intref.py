@@ -275,3 +275,23 @@ def pow2_exponent(absmax, bits, mode="ceil"):
   if mode == "ceil":
     return f if pow2(f) == q else f + 1
   return f + 1 if q * q >= pow2(2 * f + 1) else f
+
+
+def threshold(q, thr):
+  """An activation threshold: q sent as 0 when |q| < thr."""
+  return 0 if abs(q) < thr else q
+
+
+def sigma_delta(values, thr):
+  """The messages a sigma-delta sender sends for one neuron's values over time, and what its
+  receiver holds after each: a change from the last value sent goes out when it is non-zero and
+  at least thr in magnitude; the receiver adds up what arrives."""
+  sent, held, last, total = [], [], 0, 0
+  for v in values:
+    change = v - last
+    d = change if change != 0 and abs(change) >= thr else 0
+    last += d
+    total += d
+    sent.append(d)
+    held.append(total)
+  return sent, held

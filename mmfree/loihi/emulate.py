@@ -21,8 +21,9 @@ from mmfree.core.quant import QuantConfig
 from mmfree.loihi import fixed, neurons, program, ranges
 from mmfree.loihi.program import EMBEDDING, HOST, Population, Program
 
-# Counted per population and step: the last two are the messages each lever silenced (non-zero
-# values it sent as 0, changes below the delta threshold and unchanged values).
+# Counted per population and step: the last two are the messages each lever removed against
+# what it was given: non-zero values sent as 0; unchanged values and changes below the delta
+# threshold, less the values that fell to 0 (a sigma-delta sender must tell its receivers).
 ACTIVITY = ("synops", "messages", "updates", "removed_threshold", "removed_delta")
 
 
