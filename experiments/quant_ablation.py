@@ -50,11 +50,16 @@ recover; at 4 bits 100 steps at lr 5e-4 recover a fifth of the gap (7.712 to 7.1
 """
 
 from mmfree import configs
+from mmfree.core.quant import MESSAGE_POINTS
 
 BASE = "runs/tiny"
 # Float norms and free scales are accuracy studies: a chip has neither, so no program is made.
 UNLOWERED = {"stages": ("train", "calibrate", "eval")}
 QAT = {"model.precision": "hw", "train.steps": 100, "train.lr": 5e-4, "train.warmup_steps": 10}
+# Event-driven levers: sigma-delta at threshold 0 on every message point (exact, only unchanged
+# values go silent), activation thresholds of 2 LSBs on the gated MLGRU and GLU outputs.
+SIGMA_DELTA = tuple(f"{p}=0" for p in MESSAGE_POINTS if p != "bitlinear_in")  # per-token inputs
+THRESHOLD = ("gated=2", "glu_prod=2")
 
 
 def get_config(arg: str = "default"):
@@ -99,6 +104,8 @@ def get_sweep(arg: str = "default"):
     *configs.axis("quant.lut_size", [4, 16, 32]),
     {"quant.rmsnorm": "float", **UNLOWERED},
     {"quant.nonlinearity": "relu"},
+    {"quant.delta": SIGMA_DELTA},
+    {"quant.threshold": THRESHOLD},
   ]
   if arg == "smoke":
     return [{}, {"quant.act_bits": 4}]

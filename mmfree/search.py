@@ -1,18 +1,19 @@
 """Searches: a multi-objective co-design search over an experiment's levers, with optuna.
 
-`mmfree search experiments/x.py[:arg] --workdir DIR --trials N [--workers K] [--seed S]
-[--config.KEY=VALUE ...]` samples designs from the experiment's `get_search` space (dotted key ->
-choices) with NSGA-II and minimizes two objectives: the `hw` model's validation loss
-(`eval.hw.loss`) and the predicted Loihi 2 energy per generated token
-(`measure.generation.mj_per_token`). A trial is an ordinary run directory `DIR/<name>/`, named
-and run as a sweep's points are (`mmfree.sweep`), K at a time; a design that resolves to a
-finished run reuses it. The first trial is the base design, the experiment as configured (with the
-`--config.*` overrides, which also pin the levers they set): the budget's reference, its values
-added to the choices where the space lacks them. The study lives in `DIR/study.journal`,
-`DIR/search.json` lists the space and the trials, and `mmfree report DIR` tables the runs.
-Rerunning the command resumes: trials that a killed search left running are failed and asked
-again (their run directories resume), finished ones are kept; N counts completed trials in all,
-so the same N again runs nothing.
+`mmfree search experiments/x.py[:arg] --workdir DIR --trials N [--workers K] [--seed S] [--launcher
+slurm --slurm.partition P ...] [--config.KEY=VALUE ...]` samples designs from the experiment's
+`get_search` space (dotted key -> choices) with NSGA-II and minimizes two objectives: the `hw`
+model's validation loss (`eval.hw.loss`) and the predicted Loihi 2 energy per generated token
+(`measure.generation.mj_per_token`). A trial is an ordinary run directory `DIR/<name>/`, named and
+run as a sweep's points are (`mmfree.sweep`), K at a time (with `--launcher slurm`, K at a time as
+one SLURM job array, which this process waits for: run it where it may stay); a design that
+resolves to a finished run reuses it. The first trial is the base design, the experiment as
+configured (with the `--config.*` overrides, which also pin the levers they set): the budget's
+reference, its values added to the choices where the space lacks them. The study lives in
+`DIR/study.journal`, `DIR/search.json` lists the space and the trials, and `mmfree report DIR`
+tables the runs. Rerunning the command resumes: trials that a killed search left running are failed
+and asked again (their run directories resume), finished ones are kept; N counts completed trials
+in all, so the same N again runs nothing.
 
 `mmfree search --report DIR [--budget B] [--verify]` prints the Pareto front and the design of
 least energy whose loss is at most (1 + B) times the base design's, and writes it to
@@ -27,9 +28,10 @@ import os
 import shlex
 import sys
 import textwrap
+import time
 from pathlib import Path
 
-from mmfree import configs, results, sweep
+from mmfree import configs, results, slurm, sweep
 from mmfree.core import digest, files
 from mmfree.core.dicts import flatten
 from mmfree.core.experiment import parse_value
@@ -38,6 +40,7 @@ JOURNAL, MANIFEST = "study.journal", "search.json"
 BEST, BEST_PY, VERIFIED = "best.json", "best_overrides.py", "verified"
 JAX_CACHE = ".jax_cache"
 DIRECTIONS = ("minimize", "minimize")  # loss, mJ per token
+POLL_S = 5  # between looks at a batch's SLURM jobs
 
 
 def space_of(spec: str, extra: dict) -> tuple[dict, dict]:
@@ -147,6 +150,25 @@ def _env(workdir: Path) -> dict:
   return {"JAX_COMPILATION_CACHE_DIR": str((workdir / JAX_CACHE).absolute())}
 
 
+def _run_jobs(spec: str, workdir: Path, todo: list, cfg: "slurm.SlurmConfig"):
+  """`todo` as one SLURM job array, waited for; a trial whose job a killed search left queued
+  or running is waited for, not submitted again. The jobs inherit this environment (SLURM's
+  default), the shared compilation cache included."""
+  waiting = slurm.queued([r.dir for r in todo])
+  new = [r for r in todo if r.dir not in waiting]
+  saved = dict(os.environ)
+  os.environ.update(_env(workdir))
+  try:
+    ids = slurm.submit(new, workdir, cfg, Path(spec).stem) if new else []
+  finally:
+    os.environ.clear()
+    os.environ.update(saved)
+  jobs = ids + [slurm.recorded_job(d) for d in waiting]
+  print(f"search {workdir}: jobs {', '.join(jobs)} ({len(waiting)} left by an earlier search)")
+  while any(v in slurm.ACTIVE for v in slurm.job_states(jobs).values()):
+    time.sleep(POLL_S)
+
+
 def _resume(study):
   """Trials a killed search left running: failed, and their designs asked again."""
   from optuna.trial import TrialState
@@ -225,9 +247,11 @@ def run_search(
   extra_overrides: dict | None = None,
   seed: int = 0,
   command_prefix: list[str] | None = None,
+  slurm_cfg: "slurm.SlurmConfig | None" = None,
 ) -> dict:
-  """Runs trials until `trials` have completed, `workers` at a time, then prints the report;
-  returns {"completed", "failed"} (failed: in this call)."""
+  """Runs trials until `trials` have completed, `workers` at a time (or, with `slurm_cfg`,
+  each batch of `workers` as a SLURM job array, waited for), then prints the report; returns
+  {"completed", "failed"} (failed: in this call)."""
   import optuna
 
   if trials < 1 or workers < 1:
@@ -254,7 +278,9 @@ def run_search(
       batch = [_ask(study, space, base) for _ in range(min(workers, trials - done))]
       runs = [_plan(spec, workdir, extra, t, command_prefix) for t in batch]
       todo = {r.name: r for r in runs if not isinstance(r, str) and sweep.state(r) != "done"}
-      if todo:
+      if todo and slurm_cfg is not None:
+        _run_jobs(spec, workdir, list(todo.values()), slurm_cfg)
+      elif todo:
         sweep._run_all(list(todo.values()), workers, {"done": 0, "failed": 0}, _env(workdir))
       for t, r in zip(batch, runs, strict=True):
         failed += not _tell(study, t, r, base, reused=not isinstance(r, str) and r.name not in todo)
@@ -432,6 +458,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int, default=0, help="the sampler's seed (default 0)")
   p.add_argument("--report", metavar="DIR", help="the front and best design of a search")
   p.add_argument("--verify", action="store_true", help="with --report: rerun the best design")
+  slurm.add_arguments(p)  # --launcher slurm: each batch of --workers trials as a job array
   p.set_defaults(fn=cmd_search)
   return p
 
@@ -446,8 +473,9 @@ def cmd_search(args, extra: list[str]) -> int:
   if not (args.spec and args.workdir and args.trials) or args.verify:
     raise ValueError("usage: mmfree search SPEC --workdir DIR --trials N, or --report DIR")
   try:
+    cluster = slurm.from_args(args) if args.launcher == "slurm" else None
     s = run_search(args.spec, Path(args.workdir), args.trials, args.budget, args.workers,
-                   configs.parse_overrides(extra), args.seed)  # fmt: skip
+                   configs.parse_overrides(extra), args.seed, slurm_cfg=cluster)  # fmt: skip
   except KeyboardInterrupt:
     print(f"search interrupted: rerun the same command to resume {args.workdir}", file=sys.stderr)
     return 130

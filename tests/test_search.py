@@ -12,8 +12,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from mmfree import configs, results, search, sweep
-from mmfree.cli import main
+sys.path.insert(0, str(Path(__file__).parent))  # the lava-nc wheel owns the name `tests`
+import test_notebooks  # noqa: E402
+
+from mmfree import configs, results, search, sweep  # noqa: E402
+from mmfree.cli import main  # noqa: E402
 
 ROOT = Path(__file__).parent.parent
 SPEC = str(ROOT / "experiments/quant_ablation.py:smoke")
@@ -109,6 +112,17 @@ def test_search_trials_are_runs_and_the_report_writes_the_best_design(resumed, c
   assert sweep.identity(exp.to_dict())[:8] == best["run"].rsplit("-", 1)[1]
   with pytest.raises(ValueError, match="holds the search"):
     search.run_search(str(ROOT / "experiments/codesign_small.py:smoke"), work, 3)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("search")
+def test_the_notebook_draws_the_searched_front(resumed, tmp_path, monkeypatch):
+  work = resumed[0]
+  main(["search", "--report", str(work)])  # best.json
+  monkeypatch.setenv("MMFREE_SEARCH", str(work))
+  text, figures = test_notebooks.execute("accuracy_vs_energy.ipynb", work, tmp_path, monkeypatch)
+  assert f"{work}: 3 measured trials" in text, text
+  test_notebooks.assert_figures(figures, ["accuracy_vs_energy.png", "searched_front.png"])
 
 
 def _experiment(tmp_path: Path, space: str) -> str:

@@ -1,6 +1,7 @@
-"""`mmfree sweep --launcher slurm` and `mmfree train --launcher slurm` on the real local cluster
-(the `slurm` fixture): points as one job array, no duplicates while queued, `--status`, a
-cancelled job's point resubmitted and finished; a 2-task training job (jax.distributed inside
+"""`mmfree sweep --launcher slurm`, `mmfree search --launcher slurm` and `mmfree train --launcher
+slurm` on the real local cluster (the `slurm` fixture): points as one job array, no duplicates
+while queued, `--status`, a cancelled job's point resubmitted and finished; search trials as job
+arrays; a 2-task training job (jax.distributed inside
 the job step) against 1 process × 8 devices."""
 
 import json
@@ -21,9 +22,9 @@ SPEC = str(ROOT / "experiments/tiny.py:smoke")  # 4 points, train and eval
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 
-def _mmfree(*args, env=None) -> str:
+def _mmfree(*args, env=None, timeout=300) -> str:
   out = subprocess.run([sys.executable, "-m", "mmfree.cli", *args], capture_output=True, text=True,
-                       env=env, timeout=300)  # fmt: skip
+                       env=env, timeout=timeout)  # fmt: skip
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
   return out.stdout
 
@@ -62,6 +63,21 @@ def test_sweep_points_as_jobs(slurm, tmp_path):
   table = _wait(d)
   assert table.splitlines()[0].endswith("4 done"), table
   assert "0 submitted" in _mmfree("sweep", SPEC, "--workdir", str(d), "--launcher", "slurm")
+
+
+def test_search_trials_as_jobs(slurm, tmp_path):
+  """`mmfree search --launcher slurm`: each batch of trials one job array, waited for."""
+  d = tmp_path / "search"
+  spec = str(ROOT / "experiments/quant_ablation.py:smoke")  # trains its own 1-layer model
+  out = _mmfree("search", spec, "--workdir", str(d), "--trials", "2", "--workers", "2",
+                "--launcher", "slurm", "--config.eval.precisions=('hw',)", timeout=900)  # fmt: skip
+  assert "2 trials completed, 0 failed" in out, out[-3000:]
+  jobs = _jobs(d)
+  assert len(jobs) == 2 and len({j.split("_")[0] for j in jobs.values()}) == 1, jobs
+  assert all((d / name / "measure.json").is_file() for name in jobs)
+  again = _mmfree("search", spec, "--workdir", str(d), "--trials", "2", "--launcher", "slurm",
+                  "--config.eval.precisions=('hw',)")  # fmt: skip
+  assert "jobs" not in again.split("trials completed")[0] and _jobs(d) == jobs  # nothing new
 
 
 def test_training_job_of_two_tasks_matches_one_process(slurm, tmp_path):
