@@ -34,6 +34,7 @@ AXES = {
       ("residual=2", "block_in=1", "silu_h=1", "attn_norm=0", "final_norm=1"),
     ),
   ),
+  "layer_bits": ((), ("layers.0.residual=12", "layers.0.attn.silu_h=6")),  # one module's own
 }
 MODEL_AXES = {
   "hidden_size": (24, 13, 40, 19),  # powers of two and not
@@ -62,9 +63,10 @@ def draw(i: int) -> Draw:
   q, m = pick(AXES, i), pick(MODEL_AXES, i)
   size, in_frac, out_frac = q.pop("lut")
   threshold, delta = q.pop("levers")
+  bits = q.pop("layer_bits")
   lm_head = m.pop("lm_head")
   qcfg = QuantConfig(**q, lut_size=size, lut_in_frac=in_frac, lut_out_frac=out_frac,
-                     lut_x_max=8.0, threshold=threshold, delta=delta)  # fmt: skip
+                     lut_x_max=8.0, threshold=threshold, delta=delta, bits=bits)  # fmt: skip
   cfg = ModelConfig(vocab_size=VOCAB, bos_token_id=None, eos_token_id=None, **m)
   return Draw(qcfg, cfg, lm_head, i)
 

@@ -67,6 +67,18 @@ def test_disabled_points_get_no_scale_and_files_round_trip(model_and_batches, tm
     calibrate.load(tmp_path / "elsewhere")
 
 
+def test_one_module_takes_its_own_width(model_and_batches):
+  """'module.path.point=bits' beats 'point=bits' there alone; a path the model lacks is refused."""
+  cfg = QuantConfig(bits=("residual=10", "layers.0.residual=12", "layers.1.attn.silu_h=6"))
+  scales, _ = calibrate.calibrate(*model_and_batches, cfg)
+  assert scales["layers.0.residual"].bits == 12 and scales["layers.1.residual"].bits == 10
+  assert scales["layers.1.attn.silu_h"].bits == 6 and scales["layers.0.attn.silu_h"].bits == 8
+  with pytest.raises(ValueError, match=r"does not have: \['layers.7.residual'\]"):
+    calibrate.calibrate(*model_and_batches, QuantConfig(bits=("layers.7.residual=12",)))
+  with pytest.raises(ValueError, match="checked model-wide"):
+    QuantConfig(bits=("layers.0.bitlinear_in=6",))
+
+
 def test_calibrate_cli_on_a_trained_run(tmp_path, capsys):
   from pathlib import Path
 

@@ -19,7 +19,7 @@ VARIANTS = {"base": {}, "lut32": {"lut_size": 32}, "relu": {"nonlinearity": "rel
 def _scales(run, qcfg) -> dict:
   """The scales `qcfg` chooses for the ranges the run's calibration observed."""
   stats = json.loads((run / "quant" / "stats.json").read_text())
-  out = {k: calibrate.point_scale(calibrate.point_name(k), st["observed"], qcfg)
+  out = {k: calibrate.point_scale(k, st["observed"], qcfg)
          for k, st in stats.items()}  # fmt: skip
   return {k: v for k, v in out.items() if v is not None}
 
@@ -51,8 +51,8 @@ class TracedEmulator(emulate.Emulator):
     super().reset(batch)
     self.state = {k: opcount.traced(v) for k, v in self.state.items()}
 
-  def _matmul(self, m, synapses):  # the synapses' work is not traced: a fresh input per port
-    return opcount.traced(super()._matmul(emulate.Msg(np.asarray(m.q), m.frac), synapses))
+  def _matmul(self, q, synapses):  # the synapses' work is not traced: a fresh input per port
+    return opcount.traced(super()._matmul(np.asarray(q), synapses))
 
 
 @pytest.mark.parametrize("variant", ["base", "floor"])

@@ -5,6 +5,7 @@ Spec: shared/spec/quantization.md. Flat fields so that sweeps override them one 
 """
 
 import dataclasses
+import re
 
 # The quantization points, by where they sit (spec: "Quantization points").
 POINTS = {
@@ -32,6 +33,8 @@ MAX_GATE_FRAC = 31 - WIDE_BITS  # SiLU(i)·(1 − f) >> F within 2^30: WIDE_BITS
 MESSAGE_POINTS = ("block_in", "attn_norm", "residual", "mlp_norm", "final_norm", "silu_h",
                   "g_norm", "gated", "glu_prod", "bitlinear_in")  # fmt: skip
 LEVERS = ("threshold", "delta")  # applied in this order, at the sender
+PER_POINT_ONLY = ("bitlinear_in", "rms_in")  # one width model-wide: checked against the kernels
+_MODULE = re.compile(r"[A-Za-z_]\w*(\.\w+)*")  # a module path: 'layers.3.attn'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +67,7 @@ class QuantConfig:
   lut_out_frac: int = 8  # and of its output
   nonlinearity: str = "silu"  # silu | relu (relufication at `hw`: sparser activity)
   rmsnorm: str = "int"  # int (the integer kernel, pow2 formats) | float (fake-quantized internals)
-  bits: tuple[str, ...] = ()  # per-point widths, e.g. ("h=24", "c=12")
+  bits: tuple[str, ...] = ()  # per-point widths, e.g. ("h=24", "c=12", "layers.0.residual=12")
   disabled: tuple[str, ...] = ()  # points left unquantized
   # Event-driven levers at message points, thresholds in the point's LSBs: values with |q| below
   # `threshold` are sent as 0; `delta` sends q − (last sent) where its magnitude reaches the
@@ -131,8 +134,24 @@ class QuantConfig:
 
   @property
   def point_bits(self) -> dict[str, int]:
-    """The explicit per-point widths of `bits`."""
-    return _point_ints("bits", self.bits, ALL_POINTS)
+    """The explicit widths of `bits`: by point, or by one point of one module ('layers.3.h')."""
+    out = {}
+    for item in self.bits:
+      path, _, rest = item.rpartition(".") if "=" in item else ("", "", item)
+      name = rest.partition("=")[0]
+      if path and (name in PER_POINT_ONLY or not _MODULE.fullmatch(path)):
+        raise ValueError(
+          f"quant.bits entry {item!r}: a module's own width takes 'module.path.point=bits' with "
+          f"a point other than {PER_POINT_ONLY} (their widths are checked model-wide)"
+        )
+      try:
+        out[f"{path}.{name}" if path else name] = _point_ints("bits", (rest,), ALL_POINTS)[name]
+      except ValueError:
+        raise ValueError(
+          f"quant.bits entry {item!r}: expected '[module.path.]point=integer' with a point of "
+          f"{list(ALL_POINTS)}"
+        ) from None
+    return out
 
   def lever(self, lever: str) -> dict[str, int]:
     """{message point: threshold} of lever `threshold` or `delta`."""
@@ -147,11 +166,14 @@ class QuantConfig:
     return point not in self.disabled
 
   def bits_of(self, point: str) -> int:
-    """The width of `point`: its own, else the state's (h), the BitLinear inputs' (the width
-    their integers are clipped to, per token or static), the RMSNorm gain's, the accumulators'
-    (1/rms too: it spans decades across tokens, and small values must keep their precision) or
-    the activations'."""
+    """The width of `point` (a point name, or a `hw` key 'module.path.point'): its module's own,
+    its point's, else the state's (h), the BitLinear inputs' (the width their integers are
+    clipped to, per token or static), the RMSNorm gain's, the accumulators' (1/rms too: it spans
+    decades across tokens, and small values must keep their precision) or the activations'."""
     explicit = self.point_bits
+    if point in explicit:
+      return explicit[point]
+    point = point.rpartition(".")[2]
     if point in explicit:
       return explicit[point]
     if point == "bitlinear_in":

@@ -54,15 +54,17 @@ def choose_scale(amax: float, bits: int, cfg: QuantConfig) -> Scale:
   return Scale(2.0 ** int(pow2_exponent(np.float64(amax), bits, cfg.pow2_mode)), bits)
 
 
-def point_scale(name: str, amax: float, cfg: QuantConfig) -> Scale | None:
-  """The frozen scale of point `name` for its observed range `amax`; None where it has none."""
+def point_scale(key: str, amax: float, cfg: QuantConfig) -> Scale | None:
+  """The frozen scale of point `key` ('module.path.point', or a point name) for its observed
+  range `amax`; None where it has none."""
+  name = point_name(key)
   if name == "bitlinear_in" and cfg.bitlinear_input == "per_token":
     return None  # quantized per token by its BitLinear, not with a frozen scale
   if name == "rms_ms" and cfg.rmsnorm == "int":
     return None  # the integer norm's sum of squares is exact: no format to choose
   if name in hw.FIXED_POINTS:  # the kernels' own formats: recorded, for saturation counts
     return hw.fixed_format(name, cfg)
-  return choose_scale(amax, cfg.bits_of(name), cfg)
+  return choose_scale(amax, cfg.bits_of(key), cfg)
 
 
 def _run(forward, model, batches, desc: str) -> dict[str, list]:
@@ -79,13 +81,19 @@ def calibrate(model: nnx.Module, batches: list, cfg: QuantConfig) -> tuple[dict,
   pct = cfg.percentile if cfg.observer == "percentile" else None
   set_probe(model, Probe("stats", pct, cfg.rounding))
   ranges = _run(forward, model, batches, "calibrate")
+  unknown = sorted(k for k in cfg.point_bits if "." in k and k not in ranges)
+  if unknown:
+    raise ValueError(
+      f"quant.bits names points this model does not have: {unknown} (its points are "
+      f"'module.path.point', e.g. {next(iter(ranges), '?')!r})"
+    )
   scales, stats = {}, {}
   for key, recs in ranges.items():
     name = point_name(key)
     if not cfg.enabled(name):
       continue
     amax = observe(recs, cfg)
-    if (scale := point_scale(name, amax, cfg)) is None:
+    if (scale := point_scale(key, amax, cfg)) is None:
       continue
     scales[key] = scale
     stats[key] = {
