@@ -190,7 +190,7 @@ def run_sweep(
   if slurm_cfg is not None:
     return _submit(spec, Path(workdir), todo, slurm_cfg, summary, states)
   with _lock(Path(workdir)):
-    failed = _run_all(todo, workers, summary)
+    failed = run_all(todo, workers, summary)
   counts = ", ".join(f"{v} {k}" for k, v in summary.items())
   print(f"sweep {workdir}: {counts}")
   for r in failed:
@@ -236,7 +236,7 @@ def _lock(workdir: Path):
   return exclusive(workdir / ".sweep.lock", RuntimeError(f"another sweep is running in {workdir}"))
 
 
-def _run_all(todo: list[Run], workers: int, summary: dict, env: dict | None = None) -> list[Run]:
+def run_all(todo: list[Run], workers: int, summary: dict, env: dict | None = None) -> list[Run]:
   """Runs `todo`, `workers` at a time, with `env` added to the children's environment."""
   env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))  # run.log keeps up with the child
   if workers > 1:  # JAX would otherwise give most of the accelerator's memory to the first run

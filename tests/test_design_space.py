@@ -1,11 +1,11 @@
 """Bit-exactness across the design space: drawn QuantConfigs (every value of every axis in some
 draw: widths 4–16, state widths, LUT sizes and formats, floor rounding, nearest powers of two,
 ReLU, static and per-token inputs of 6–12 bits, one module's own widths, event-driven levers:
-sigma-delta at threshold 0 everywhere, thresholds and deltas above 0) on random tiny models (hidden sizes that are not
-powers of two, 1–3 layers, lower bound on and off, expand_ratio 2, the lm_head on chip and on the
-host), calibrated on random tokens and lowered: the `hw` model and the emulator give the same
-integers at every population, the same logits and the same clips at every point; Lava joins on
-two draws."""
+sigma-delta at threshold 0 everywhere, thresholds and deltas above 0) on random tiny models
+(hidden sizes that are not powers of two, 1–3 layers, lower bound on and off, expand_ratio 2, the
+lm_head on chip and on the host), calibrated on random tokens and lowered: the `hw` model and
+the emulator give the same integers at every population, the same logits and the same clips at
+every point; Lava joins on two draws (sigma-delta at 0, and levers above 0)."""
 
 import os
 import sys

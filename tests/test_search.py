@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # the lava-nc wheel owns the name `tests`
 import test_notebooks  # noqa: E402
 
-from mmfree import configs, results, search, sweep  # noqa: E402
+from mmfree import configs, pareto, results, search, sweep  # noqa: E402
 from mmfree.cli import main  # noqa: E402
 
 ROOT = Path(__file__).parent.parent
@@ -33,7 +33,7 @@ def _command(work: Path, model: Path) -> list[str]:
 
 def _trials(work: Path, state: str) -> dict:
   """{trial number: trial} of the search in `work` in `state` (COMPLETE, RUNNING, ...)."""
-  study = search.open_study(work, sweep.read_json(work / search.MANIFEST)["study"])
+  study = pareto.open_study(work, sweep.read_json(work / pareto.MANIFEST)["study"])
   return {t.number: t for t in study.get_trials(states=(optuna.trial.TrialState[state],))}
 
 
@@ -105,10 +105,10 @@ def test_search_trials_are_runs_and_the_report_writes_the_best_design(resumed, c
   main(["search", "--report", str(work)])
   shown = capsys.readouterr().out
   assert "| trial | run | loss |" in shown and "(best)" in shown
-  best = sweep.read_json(work / search.BEST)
+  best = sweep.read_json(work / pareto.BEST)
   assert best["run"] in runs.values() and best["ratio_vs_base"] <= 1
   assert best["loss"] <= 1.01 * best["base"]["loss"]
-  exp = configs.load_experiment(str(work / search.BEST_PY))
+  exp = configs.load_experiment(str(work / pareto.BEST_PY))
   assert sweep.identity(exp.to_dict())[:8] == best["run"].rsplit("-", 1)[1]
   with pytest.raises(ValueError, match="holds the search"):
     search.run_search(str(ROOT / "experiments/codesign_small.py:smoke"), work, 3)
@@ -154,11 +154,11 @@ def test_load_search_names_what_is_wrong(tmp_path, space, error):
 
 def test_base_design_joins_the_space_and_overrides_pin_levers(tmp_path):
   spec = _experiment(tmp_path, "{'quant.act_bits': [4, 6], 'quant.bits': [(), ('h=12',)]}")
-  space, base = search.space_of(spec, {})
+  space, base = pareto.space_of(spec, {})
   assert space == {"quant.act_bits": ["8", "4", "6"], "quant.bits": ["()", "('h=12',)"]}
   assert base == {"quant.act_bits": "8", "quant.bits": "()"}
-  assert search.overrides({"quant.bits": "('h=12',)"}) == {"quant.bits": ("h=12",)}
-  assert search.space_of(spec, {"quant.act_bits": 6})[0] == {"quant.bits": ["()", "('h=12',)"]}
+  assert pareto.overrides({"quant.bits": "('h=12',)"}) == {"quant.bits": ("h=12",)}
+  assert pareto.space_of(spec, {"quant.act_bits": 6})[0] == {"quant.bits": ["()", "('h=12',)"]}
 
 
 @pytest.mark.parametrize(
@@ -166,7 +166,7 @@ def test_base_design_joins_the_space_and_overrides_pin_levers(tmp_path):
            "codesign_small.py"],
 )  # fmt: skip
 def test_the_experiments_search_spaces_resolve(spec):
-  space, base = search.space_of(str(ROOT / "experiments" / spec), {})
+  space, base = pareto.space_of(str(ROOT / "experiments" / spec), {})
   assert len(space) >= 2 and set(base) == set(space)
   assert all(base[k] in texts for k, texts in space.items())
 
@@ -174,7 +174,7 @@ def test_the_experiments_search_spaces_resolve(spec):
 def _study(points: dict, again: tuple = ()) -> optuna.Study:
   """An in-memory study of completed trials {act_bits text: (loss, mJ/token)}, then the designs
   `again` asked a second time."""
-  study = optuna.create_study(directions=list(search.DIRECTIONS))
+  study = optuna.create_study(directions=list(pareto.DIRECTIONS))
   dist = {"quant.act_bits": optuna.distributions.CategoricalDistribution(list(points))}
   for bits, values in [*points.items(), *((b, points[b]) for b in again)]:
     params, attrs = {"quant.act_bits": bits}, {"run": f"r{bits}"}
@@ -188,12 +188,12 @@ def test_the_best_design_is_the_least_energy_within_the_budget():
   base = {"quant.act_bits": "8"}
   points = {"8": (5.0, 1.0), "6": (5.04, 0.5), "4": (5.2, 0.2), "5": (5.01, 0.7)}
   study = _study({**points, "7": (5.1, 0.9)}, again=("6",))  # 7: dominated by 6
-  pick = lambda budget: search.select(study, base, budget)
+  pick = lambda budget: pareto.select(study, base, budget)
   chosen = pick(0.01)
   assert [t.params["quant.act_bits"] for t in chosen["front"]] == ["8", "5", "6", "4"]
   assert chosen["base"].params == base and chosen["best"].params["quant.act_bits"] == "6"
   assert pick(0.05)["best"].params["quant.act_bits"] == "4"
   assert pick(0.0)["best"].params == base  # the base design is always within its own budget
-  rows = search.table(chosen, base).splitlines()
+  rows = pareto.table(chosen, base).splitlines()
   assert any("(best)" in r and "+0.80%" in r and "0.5x" in r for r in rows)
-  assert search.select(study, {"quant.act_bits": "3"}, 0.01)["best"] is None  # no base yet
+  assert pareto.select(study, {"quant.act_bits": "3"}, 0.01)["best"] is None  # no base yet
