@@ -2,8 +2,9 @@
 
 `mmfree search experiments/x.py[:arg] --workdir DIR --trials N [--workers K] [--seed S] [--launcher
 slurm --slurm.partition P ...] [--config.KEY=VALUE ...]` samples designs from the experiment's
-`get_search` space (dotted key -> choices) with NSGA-II and minimizes two objectives: the `hw`
-model's validation loss (`eval.hw.loss`) and the predicted Loihi 2 energy per generated token
+`get_search` space (dotted key -> choices) with optuna's multi-objective TPE (`--sampler nsga2`:
+NSGA-II), steered to designs within `--budget` (a constraint), and minimizes two objectives: the
+`hw` model's validation loss (`eval.hw.loss`) and the predicted Loihi 2 energy per generated token
 (`measure.generation.mj_per_token`). A trial is an ordinary run directory `DIR/<name>/`, named and
 run as a sweep's points are (`mmfree.sweep`), K at a time (with `--launcher slurm`, K at a time as
 one SLURM job array, which this process waits for: run it where it may stay); a design that
@@ -33,6 +34,8 @@ from mmfree import configs, pareto, slurm, sweep
 from mmfree.core import digest, files
 
 POLL_S = 5  # between looks at a batch's SLURM jobs
+SAMPLERS = ("tpe", "nsga2")
+TPE_STARTUP = 8  # random designs before TPE models the trials
 
 
 def _manifest(workdir: Path, spec: str, extra: dict, space: dict, base: dict) -> dict:
@@ -118,8 +121,23 @@ def _plan(spec, workdir: Path, extra: dict, trial, prefix) -> "sweep.Run | str":
   return run
 
 
-def _tell(study, trial, run: "sweep.Run | str", base: dict, reused: bool) -> bool:
-  """Records the trial's outcome from its run directory; prints its line. False if it failed."""
+def _sampler(name: str, seed: int, population: int):
+  """The sampler; both honour the trials' constraint (`over_budget` ≤ 0 is feasible: `_tell`)."""
+  import warnings
+
+  import optuna
+
+  if name == "nsga2":
+    return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
+  with warnings.catch_warnings():  # multivariate TPE is marked experimental
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP, multivariate=True)
+
+
+def _tell(study, trial, run: "sweep.Run | str", base: dict, reused: bool, budget: float) -> bool:
+  """Records the trial's outcome from its run directory, with how far its loss lies beyond the
+  budget against the base design's (`over_budget`, relative; 0 while the base is unknown);
+  prints its line. False if it failed."""
   from optuna.trial import TrialState
 
   words, error = pareto.words(trial.params, base), run if isinstance(run, str) else None
@@ -138,6 +156,11 @@ def _tell(study, trial, run: "sweep.Run | str", base: dict, reused: bool) -> boo
     return False
   for k, v in figures.items():
     trial.set_user_attr(k, v)
+  ref = figures["loss"] if trial.params == base else next(
+    (t.values[0] for t in pareto.completed(study) if t.params == base), None)  # fmt: skip
+  if ref is not None:
+    trial.set_user_attr("over_budget", figures["loss"] / ref - 1 - budget)
+    trial.set_constraint("over_budget", figures["loss"] / ref - 1 - budget)
   study.tell(trial, [figures["loss"], figures["mj_per_token"]])
   again = f" (reused {run.name})" if reused else ""
   print(f"trial {trial.number} {words}: loss {figures['loss']:.4g}, "
@@ -161,12 +184,15 @@ def run_search(
   seed: int = 0,
   command_prefix: list[str] | None = None,
   slurm_cfg: "slurm.SlurmConfig | None" = None,
+  sampler: str = "tpe",
+  population: int = 0,
 ) -> dict:
   """Runs trials until `trials` have completed, `workers` at a time (or, with `slurm_cfg`,
   each batch of `workers` as a SLURM job array, waited for), then prints the report; returns
-  {"completed", "failed"} (failed: in this call)."""
-  import optuna
-
+  {"completed", "failed"} (failed: in this call). `sampler`: multi-objective TPE or NSGA-II
+  (`population` designs a generation, default 2 × workers), both constrained to the budget."""
+  if sampler not in SAMPLERS:
+    raise ValueError(f"--sampler {sampler!r}: expected one of {SAMPLERS}")
   if trials < 1 or workers < 1:
     raise ValueError(f"--trials and --workers must be at least 1, got {trials} and {workers}")
   workdir, extra = Path(workdir), dict(extra_overrides or {})
@@ -182,7 +208,7 @@ def run_search(
     if not study.trials:
       study.enqueue_trial(base)
     # another seed per session: a resumed search would otherwise draw its first designs again
-    study.sampler = optuna.samplers.NSGAIISampler(seed=seed + len(study.trials))
+    study.sampler = _sampler(sampler, seed + len(study.trials), population or max(2 * workers, 4))
     failed = 0
     while (done := len(pareto.completed(study))) < trials:
       if failed >= trials:  # every design failing is a broken setup, not the space
@@ -199,7 +225,7 @@ def run_search(
         )
       for t, r in zip(batch, runs, strict=True):
         reused = not isinstance(r, str) and r.name not in todo
-        failed += not _tell(study, t, r, base, reused)
+        failed += not _tell(study, t, r, base, reused, budget)
       _write_trials(workdir, manifest, study)
     _write_trials(workdir, manifest, study)
   done = len(pareto.completed(study))
@@ -224,6 +250,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                  help="loss budget against the base design (default 0.01: 1%%)")  # fmt: skip
   p.add_argument("--workers", type=int, default=1, help="runs at a time (default 1)")
   p.add_argument("--seed", type=int, default=0, help="the sampler's seed (default 0)")
+  p.add_argument("--sampler", choices=SAMPLERS, default="tpe",
+                 help="multi-objective TPE (default) or NSGA-II, kept to --budget")  # fmt: skip
+  p.add_argument("--population", type=int, default=0,
+                 help="NSGA-II: designs a generation (default 2 x workers, >= 4)")  # fmt: skip
   p.add_argument("--report", metavar="DIR", help="the front and best design of a search")
   p.add_argument("--verify", action="store_true", help="with --report: rerun the best design")
   slurm.add_arguments(p)  # --launcher slurm: each batch of --workers trials as a job array
@@ -243,7 +273,8 @@ def cmd_search(args, extra: list[str]) -> int:
   try:
     cluster = slurm.from_args(args) if args.launcher == "slurm" else None
     s = run_search(args.spec, Path(args.workdir), args.trials, args.budget, args.workers,
-                   configs.parse_overrides(extra), args.seed, slurm_cfg=cluster)  # fmt: skip
+                   configs.parse_overrides(extra), args.seed, slurm_cfg=cluster,
+                   sampler=args.sampler, population=args.population)  # fmt: skip
   except KeyboardInterrupt:
     print(f"search interrupted: rerun the same command to resume {args.workdir}", file=sys.stderr)
     return 130

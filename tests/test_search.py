@@ -102,6 +102,10 @@ def test_search_trials_are_runs_and_the_report_writes_the_best_design(resumed, c
   assert set(runs.values()) <= set(df[df["status"] == "done"]["name"])
   assert df["eval.hw.loss"].notna().all() and "measure.resources.chips" in df
   assert "Pareto front" in out  # the search ends with its report
+  done = _trials(work, "COMPLETE").values()
+  base = next(t for t in done if t.user_attrs.get("base"))
+  for t in done:  # the sampler's constraint: how far beyond the 1% budget against the base
+    assert t.user_attrs["over_budget"] == pytest.approx(t.values[0] / base.values[0] - 1.01)
   main(["search", "--report", str(work)])
   shown = capsys.readouterr().out
   assert "| trial | run | loss |" in shown and "(best)" in shown
@@ -197,3 +201,10 @@ def test_the_best_design_is_the_least_energy_within_the_budget():
   rows = pareto.table(chosen, base).splitlines()
   assert any("(best)" in r and "+0.80%" in r and "0.5x" in r for r in rows)
   assert pareto.select(study, {"quant.act_bits": "3"}, 0.01)["best"] is None  # no base yet
+
+
+def test_an_unknown_sampler_is_refused(tmp_path):
+  with pytest.raises(ValueError, match=r"--sampler 'grid': expected one of \('tpe', 'nsga2'\)"):
+    search.run_search(SPEC, tmp_path / "s", 1, sampler="grid")
+  for name in search.SAMPLERS:  # each builds, with the budget as its constraint
+    assert search._sampler(name, 0, 4)._constraints_func is not None
