@@ -77,7 +77,7 @@ def test_search_trials_as_jobs(slurm, tmp_path):
   assert all((d / name / "measure.json").is_file() for name in jobs)
   again = _mmfree("search", spec, "--workdir", str(d), "--trials", "2", "--launcher", "slurm",
                   "--config.eval.precisions=('hw',)")  # fmt: skip
-  assert "jobs" not in again.split("trials completed")[0] and _jobs(d) == jobs  # nothing new
+  assert f"search {d}: jobs" not in again and _jobs(d) == jobs  # nothing new submitted
 
 
 def test_training_job_of_two_tasks_matches_one_process(slurm, tmp_path):
