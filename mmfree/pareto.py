@@ -105,13 +105,20 @@ def select(study, base: dict, budget: float) -> dict:
   done = completed(study)
   ref = next((t for t in done if t.params == base), None)
   front = {}  # a design asked twice (its run reused) is one row
-  for t in sorted(study.best_trials, key=lambda t: (*t.values, t.number)):
+  # Not `study.best_trials`: with constraints set it keeps the feasible trials only.
+  undominated = [t for t in done if not any(_dominates(o.values, t.values) for o in done)]
+  for t in sorted(undominated, key=lambda t: (*t.values, t.number)):
     front.setdefault(t.user_attrs.get("run", t.number), t)
   best = None
   if ref is not None:
     within = [t for t in done if t.values[0] <= (1 + budget) * ref.values[0]]
     best = min(within, key=lambda t: (t.values[1], t.values[0], t.number))
   return {"base": ref, "front": list(front.values()), "best": best}
+
+
+def _dominates(a, b) -> bool:
+  """Whether objectives `a` beat `b`: no worse in each, better in one (both minimized)."""
+  return all(x <= y for x, y in zip(a, b, strict=True)) and tuple(a) != tuple(b)
 
 
 def table(chosen: dict, base: dict) -> str:
