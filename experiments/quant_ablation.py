@@ -44,6 +44,13 @@ per-token absmax), 12-bit static inputs 1.14x (1.18x), LUT 4/16/32 entries 1.004
 (their update energy -0.7%/+0.8%/+1.4%); state width moves nothing (the state never leaves its
 neuron). The `hw` losses of this rerun: 8 bits 5.090, 4 bits 8.285, 6 bits 5.400. An earlier run's
 4-bit 7.435 is not reproducible: every commit from its day on gives 8.2848 (bisected; NOTES).
+Event-driven levers (2026-12-03, runs/tiny retrained: `bitnet` 5.074, `hw` 5.106 at 8 bits,
+0.3329 mJ/token; 44 min for the 20 points): sigma-delta at threshold 0 on every message point
+leaves the loss as it is (5.1057) and sends 1.2% more messages (198 a token beyond the dense 16,669:
+values falling to 0 are messages too; per point in measure.json: silu_h -32%, glu_prod +33%),
+1.002x the energy; thresholds of 2 LSBs on the gated and GLU outputs remove 778 messages a token
+(-6.3% synops) for +3.9% loss (5.305), 0.969x. Within 1% of the 8-bit loss the least energy is
+static BitLinear inputs (0.3304, 0.993x); `pow2_mode=nearest` +0.96% at 1.033x, LUT 4 +0.30%.
 QAT (the full sweep, an earlier runs/tiny with `bitnet` 5.073): ReLU recovers with 100 QAT steps
 (5.025 against 4.999 for the `bitnet` control fine-tuned as long); at 8 bits QAT has nothing to
 recover; at 4 bits 100 steps at lr 5e-4 recover a fifth of the gap (7.712 to 7.114).
