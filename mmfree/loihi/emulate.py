@@ -171,7 +171,10 @@ class Emulator:
   def send(self, sender: str, y_q: np.ndarray) -> np.ndarray:
     """The messages `sender` sends for its output `y_q` [B, n] under its levers (its own
     integers without any), and what each lever removed, in `self.removed`."""
-    lv = self.levers.get(sender, {})
+    lv = self.levers.get(sender)
+    if lv is None:  # no lever: the counts' own pass over y_q is the only one
+      self.removed[sender] = (0, 0)
+      return y_q
     q = neurons.threshold_int(y_q, lv["threshold"]) if "threshold" in lv else y_q
     d = q
     if "delta" in lv:
